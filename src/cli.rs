@@ -1,0 +1,170 @@
+//! The command line (clap derive).
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vggtrain",
+    version,
+    about = "Train the paper's VGG networks on libtorch, and watch and steer the run from a terminal"
+)]
+#[command(
+    after_help = "Exit codes: 0 done, 1 the run failed, 2 bad input (config, data, checkpoint), 130 stopped by SIGINT, 143 stopped by SIGTERM."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Train a network (TUI on a terminal, headless otherwise or with --no-tui).
+    Train(TrainArgs),
+    /// Evaluate a checkpoint with the paper's test protocol options.
+    Eval(EvalArgs),
+    /// Write a checkpoint's weights alone (torchvision names) to safetensors.
+    Export {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The configurations: weight layers, parameters and forward GFLOPs.
+    Models {
+        #[arg(long, default_value_t = 224)]
+        input: i64,
+        #[arg(long, default_value_t = 1000)]
+        classes: i64,
+        #[arg(long, default_value_t = 1)]
+        width: i64,
+        #[arg(long, default_value_t = 3)]
+        channels: i64,
+    },
+    /// Versions, CUDA, threads and the datasets found.
+    Info,
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+    /// The runs in the runs directory.
+    Runs {
+        #[arg(long)]
+        runs_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Print the effective configuration and where each value came from.
+    Show(ConfigArgs),
+}
+
+/// Everything that describes a run's configuration.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ConfigArgs {
+    /// A TOML file (see config/); it states only what differs from the paper.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// A, A-LRN, B, C, D, E or vgg11, vgg11-lrn, vgg13, vgg16-c, vgg16, vgg19.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// cifar10, cifar100, mnist, fashion-mnist or folder.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<i64>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(long)]
+    pub runs_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Train on the first N images of the shuffled training set.
+    #[arg(long)]
+    pub subset: Option<usize>,
+    #[arg(long)]
+    pub width: Option<i64>,
+    /// Download the dataset when it is missing.
+    #[arg(long)]
+    pub download: bool,
+    /// Count and skip undecodable images (folder datasets).
+    #[arg(long)]
+    pub skip_bad_images: bool,
+    /// Any key: --set train.patience=3 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl ConfigArgs {
+    /// The flags as "section.key=value" overrides, `--set` last.
+    pub fn overrides(&self) -> Vec<String> {
+        let q = |s: &str| format!("{s:?}");
+        let p = |p: &PathBuf| q(&p.display().to_string());
+        let mut o = Vec::new();
+        let mut add = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                o.push(format!("{k}={v}"));
+            }
+        };
+        add("model.config", self.model.as_deref().map(q));
+        add("data.dataset", self.dataset.as_deref().map(q));
+        add("data.dir", self.data_dir.as_ref().map(p));
+        add("train.epochs", self.epochs.map(|v| v.to_string()));
+        add("train.batch-size", self.batch_size.map(|v| v.to_string()));
+        add("train.lr", self.lr.map(|v| format!("{v:e}")));
+        add("train.device", self.device.as_deref().map(q));
+        add("run.runs-dir", self.runs_dir.as_ref().map(p));
+        add("run.name", self.name.as_deref().map(q));
+        add("train.seed", self.seed.map(|v| v.to_string()));
+        add("data.subset", self.subset.map(|v| v.to_string()));
+        add("model.width", self.width.map(|v| v.to_string()));
+        add("data.download", self.download.then(|| "true".into()));
+        add("data.skip-bad-images", self.skip_bad_images.then(|| "true".into()));
+        o.extend(self.set.iter().cloned());
+        o
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Headless: progress on stderr, no TUI.
+    #[arg(long)]
+    pub no_tui: bool,
+    /// Continue a run from its newest complete checkpoint.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Test scales Q, averaged (e.g. 224,256,288).
+    #[arg(long, value_delimiter = ',')]
+    pub scales: Vec<i64>,
+    /// Average with the horizontally flipped image.
+    #[arg(long)]
+    pub flip: bool,
+    /// Dense evaluation (the classifier as convolutions).
+    #[arg(long)]
+    pub dense: bool,
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Where the dataset is, if not where the run found it.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}

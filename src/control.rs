@@ -1,0 +1,220 @@
+//! The only vocabulary between the engine and its faces (TUI, headless,
+//! attached clients): plain values, never tensors.
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// What a face asks of the engine; applied at the next step boundary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Command {
+    Pause,
+    Resume,
+    /// Divide the lr by the configured factor now.
+    DecayLr,
+    SetLr {
+        lr: f64,
+    },
+    SaveCheckpoint,
+    /// Finish the run, saving a checkpoint first when `save`.
+    Stop {
+        save: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrCause {
+    Plateau,
+    Manual,
+    Schedule,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckpointReason {
+    Key,
+    Epoch,
+    Best,
+    Stop,
+    Signal,
+}
+
+/// The run as it starts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub run_dir: PathBuf,
+    pub name: String,
+    /// "VGG D (16 layers)".
+    pub model: String,
+    pub parameters: i64,
+    pub dataset: String,
+    /// "cuda:0 NVIDIA H100" or "cpu x2".
+    pub device: String,
+    pub classes: Vec<String>,
+    pub epochs: usize,
+    pub steps_per_epoch: usize,
+    pub batch_size: i64,
+    pub train_images: usize,
+    pub val_images: usize,
+    pub test_images: usize,
+    pub lr: f64,
+    pub max_decays: u32,
+    /// Where training starts (non-zero after a resume).
+    pub start_epoch: usize,
+    pub start_step: usize,
+    pub resumed_from: Option<PathBuf>,
+}
+
+/// One validation (or test) pass.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalResult {
+    #[serde(with = "finite")]
+    pub loss: f64,
+    pub top1: f64,
+    pub top5: f64,
+    pub per_class: Vec<f64>,
+    /// confusion[true][predicted] counts.
+    pub confusion: Vec<Vec<u64>>,
+    pub images: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochStats {
+    /// 1-based number of the finished epoch.
+    pub epoch: usize,
+    #[serde(with = "finite")]
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub val: EvalResult,
+    pub best_top1: f64,
+    pub lr: f64,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    Started(RunInfo),
+    /// Throttled: at most `train.step-events-per-sec`.
+    Step {
+        epoch: usize,
+        step: usize,
+        global_step: u64,
+        #[serde(with = "finite")]
+        loss: f64,
+        lr: f64,
+        images_per_sec: f64,
+    },
+    Epoch(EpochStats),
+    LrChanged {
+        old: f64,
+        new: f64,
+        cause: LrCause,
+        epoch: usize,
+        global_step: u64,
+        decays_used: u32,
+    },
+    CheckpointSaved {
+        path: PathBuf,
+        reason: CheckpointReason,
+    },
+    Paused,
+    Resumed,
+    /// Something worth showing: warm-start layers, skipped images, ...
+    Log {
+        message: String,
+    },
+    Finished {
+        reason: String,
+        test: Option<EvalResult>,
+    },
+    Failed {
+        message: String,
+    },
+}
+
+/// Non-finite numbers as the strings "NaN", "inf", "-inf" (JSON has none).
+mod finite {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else {
+            s.serialize_str(&v.to_string())
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Num {
+            F(f64),
+            S(String),
+        }
+        match Num::deserialize(d)? {
+            Num::F(f) => Ok(f),
+            Num::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Event {
+    /// One line for people (train.log, headless stderr); None for step
+    /// events, which are too frequent for a log.
+    pub fn summary(&self) -> Option<String> {
+        Some(match self {
+            Event::Started(i) => format!(
+                "run {} | {} ({:.1}M parameters) | {} ({} train, {} val, {} test, {} classes) | {} | batch {} | lr {:.1e}{}",
+                i.run_dir.display(),
+                i.model,
+                i.parameters as f64 / 1e6,
+                i.dataset,
+                i.train_images,
+                i.val_images,
+                i.test_images,
+                i.classes.len(),
+                i.device,
+                i.batch_size,
+                i.lr,
+                match &i.resumed_from {
+                    Some(p) => format!(" | resumed from {} at epoch {} step {}", p.display(), i.start_epoch + 1, i.start_step),
+                    None => String::new(),
+                }
+            ),
+            Event::Step { .. } => return None,
+            Event::Epoch(e) => format!(
+                "epoch {} | train loss {:.4} acc {:.2}% | val loss {:.4} top-1 {:.2}% top-5 {:.2}% | best {:.2}% | lr {:.1e} | {:.1}s",
+                e.epoch,
+                e.train_loss,
+                100.0 * e.train_acc,
+                e.val.loss,
+                100.0 * e.val.top1,
+                100.0 * e.val.top5,
+                100.0 * e.best_top1,
+                e.lr,
+                e.seconds
+            ),
+            Event::LrChanged { old, new, cause, epoch, decays_used, .. } => format!(
+                "lr {old:.1e} -> {new:.1e} ({cause:?}, epoch {epoch}, {decays_used} decays used)"
+            )
+            .to_lowercase(),
+            Event::CheckpointSaved { path, reason } => {
+                format!("checkpoint saved ({}): {}", format!("{reason:?}").to_lowercase(), path.display())
+            }
+            Event::Paused => "paused".into(),
+            Event::Resumed => "resumed".into(),
+            Event::Log { message } => message.clone(),
+            Event::Finished { reason, test } => match test {
+                Some(t) => format!(
+                    "finished ({reason}) | test top-1 {:.2}% top-5 {:.2}% on {} images",
+                    100.0 * t.top1,
+                    100.0 * t.top5,
+                    t.images
+                ),
+                None => format!("finished ({reason})"),
+            },
+            Event::Failed { message } => format!("failed: {message}"),
+        })
+    }
+}

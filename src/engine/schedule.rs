@@ -1,0 +1,76 @@
+//! The paper's learning-rate schedule: divide by 10 when validation accuracy
+//! stops improving, at most 3 times; stop when it stalls after the last.
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub lr: f64,
+    pub factor: f64,
+    pub max_decays: u32,
+    pub patience: u32,
+    pub manual_counts: bool,
+    pub decays_used: u32,
+    pub best: f64,
+    pub since_best: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Decision {
+    Continue,
+    /// The lr was divided: (old, new).
+    Decay(f64, f64),
+    /// Accuracy stopped improving after the last decay.
+    Stop,
+}
+
+impl Schedule {
+    pub fn new(cfg: &crate::config::TrainConfig) -> Schedule {
+        Schedule {
+            lr: cfg.lr,
+            factor: cfg.lr_decay_factor,
+            max_decays: cfg.max_decays,
+            patience: cfg.patience,
+            manual_counts: cfg.manual_decays_count,
+            decays_used: 0,
+            best: f64::NEG_INFINITY,
+            since_best: 0,
+        }
+    }
+
+    /// Whether `acc` is a new best (before `on_epoch` records it).
+    pub fn is_best(&self, acc: f64) -> bool {
+        acc > self.best
+    }
+
+    /// Records an epoch's validation top-1 and decides.
+    pub fn on_epoch(&mut self, acc: f64) -> Decision {
+        if self.is_best(acc) {
+            self.best = acc;
+            self.since_best = 0;
+            return Decision::Continue;
+        }
+        self.since_best += 1;
+        if self.since_best < self.patience {
+            return Decision::Continue;
+        }
+        self.since_best = 0;
+        if self.decays_used >= self.max_decays {
+            return Decision::Stop;
+        }
+        self.decays_used += 1;
+        let old = self.lr;
+        self.lr /= self.factor;
+        Decision::Decay(old, self.lr)
+    }
+
+    /// The user's decay: (old, new).
+    pub fn manual_decay(&mut self) -> (f64, f64) {
+        let old = self.lr;
+        self.lr /= self.factor;
+        if self.manual_counts {
+            self.decays_used += 1;
+        }
+        self.since_best = 0;
+        (old, self.lr)
+    }
+}

@@ -1,0 +1,11 @@
+//! vggtrain: the VGG recipe (Simonyan & Zisserman, 2014) on libtorch, with
+//! a terminal UI to watch and steer a run.
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod control;
+pub mod data;
+pub mod engine;
+pub mod headless;
+pub mod model;
+pub mod ui;
