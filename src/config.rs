@@ -345,6 +345,10 @@ impl Config {
             let Some(rest) = var.strip_prefix("VGGTRAIN_") else {
                 continue;
             };
+            // Not a config key, though it looks like data.home.
+            if var == "VGGTRAIN_DATA_HOME" {
+                continue;
+            }
             let lower = rest.to_ascii_lowercase();
             let Some((section, field)) = lower.split_once('_') else {
                 continue;
@@ -433,8 +437,18 @@ impl Config {
             bail!("data.subset = 0: must be at least 1");
         }
         if let Some(dir) = &d.dir {
-            if !dir.is_dir() && !(d.download && d.dataset != DatasetName::Folder) {
+            if !(dir.is_dir() || (d.download && d.dataset != DatasetName::Folder)) {
                 bail!("data.dir = {}: no such directory", dir.display());
+            }
+        }
+        for (key, path) in [
+            ("init.from", &self.init.from),
+            ("init.warm-start", &self.init.warm_start),
+        ] {
+            if let Some(p) = path {
+                if !p.is_file() {
+                    bail!("{key} = {}: no such file (a safetensors file of weights)", p.display());
+                }
             }
         }
         if self.run.keep_last == 0 {

@@ -130,7 +130,7 @@ impl Augment {
         }
         if self.pca_std > 0.0 {
             let alpha = Tensor::randn([b, c], (Kind::Float, dev)) * self.pca_std;
-            x = x + color_shift(&alpha, &self.eigval, &self.eigvec).view([b, c, 1, 1]);
+            x += color_shift(&alpha, &self.eigval, &self.eigvec).view([b, c, 1, 1]);
         }
         let x = self.normalise(x);
         if self.pad == 0 {

@@ -54,7 +54,7 @@ const PIXELS: usize = 3 * 32 * 32;
 /// Parses the records of one binary file (label bytes + 3072 pixels each).
 pub fn parse(bytes: &[u8], v: Variant, path: &Path) -> Result<Images, DataError> {
     let record = v.label_bytes + PIXELS;
-    if bytes.is_empty() || bytes.len() % record != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
         return Err(DataError::Format {
             path: path.to_owned(),
             what: format!(

@@ -111,6 +111,10 @@ pub fn fetch(url: &str, dest: &Path, md5: &str) -> Result<(), DataError> {
     fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     let part = dest.with_extension("part");
     let have = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    // A complete .part (stopped before the rename) would get 416 on resume.
+    if have > 0 && md5_of(&part).map_err(|e| DataError::io(&part, e))? == md5 {
+        return fs::rename(&part, dest).map_err(|e| DataError::io(dest, e));
+    }
     let fail = |what: String| DataError::Other(format!("cannot download {url}: {what}"));
     let mut req = ureq::get(url);
     if have > 0 {

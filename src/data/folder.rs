@@ -30,8 +30,11 @@ impl Items {
 
 const EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "JPEG"];
 
+/// Image files and their labels.
+pub type Files = Vec<(PathBuf, i64)>;
+
 /// Lists `split/<class>/*` with classes in sorted order.
-pub fn scan(split: &Path) -> Result<(Vec<String>, Vec<(PathBuf, i64)>), DataError> {
+pub fn scan(split: &Path) -> Result<(Vec<String>, Files), DataError> {
     let read = |d: &Path| {
         let mut v: Vec<PathBuf> = std::fs::read_dir(d)
             .map_err(|e| DataError::io(d, e))?

@@ -28,7 +28,14 @@ fn parse(path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>), DataError> {
         )));
     }
     let shape: Vec<usize> = (0..dims).map(|i| be_u32(&bytes, 4 + 4 * i) as usize).collect();
-    let want = header + shape.iter().product::<usize>();
+    // Checked: a corrupt header is an error, not an overflow.
+    let Some(want) = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .and_then(|n| n.checked_add(header))
+    else {
+        return Err(bad(format!("the header {shape:?} describes more bytes than can exist")));
+    };
     if bytes.len() < want {
         return Err(bad(format!(
             "truncated: {} bytes, the header {shape:?} needs {want}",

@@ -179,6 +179,12 @@ pub fn locate(cfg: &DataConfig) -> Result<PathBuf, DataError> {
         if !marker_present(cfg.dataset, dir) && cfg.download && cfg.dataset != DatasetName::Folder {
             download::fetch_dataset(cfg.dataset, dir)?;
         }
+        if !dir.is_dir() {
+            return Err(DataError::Other(format!(
+                "data.dir = {}: no such directory",
+                dir.display()
+            )));
+        }
         return Ok(dir.clone());
     }
     let dirs = candidate_dirs(cfg.dataset);
@@ -303,6 +309,7 @@ pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
 pub struct SplitMix(pub u64);
 
 impl SplitMix {
+    #[allow(clippy::should_implement_trait)] // an endless generator, not an iterator
     pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;

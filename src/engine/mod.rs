@@ -13,7 +13,7 @@ use crate::data::{self, augment::Augment, folder, Dataset, Source};
 use crate::model::{self, Vgg};
 use anyhow::{bail, Result};
 use checkpoint::TrainState;
-use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 use run_dir::RunDir;
 use schedule::{Decision, Schedule};
 use sgd::Sgd;
@@ -474,10 +474,7 @@ impl<'a> Worker<'a> {
                     }
                 }
             } else {
-                match self.cmds.try_recv() {
-                    Ok(c) => Some(c),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-                }
+                self.cmds.try_recv().ok()
             };
             match next {
                 Some(c) => {
@@ -622,7 +619,7 @@ impl<'a> Worker<'a> {
                 self.checkpoint_or_warn(sink, CheckpointReason::Best);
             }
             let every = cfg.run.checkpoint_every;
-            if every > 0 && (self.state.epoch % every == 0 || self.state.epoch == cfg.train.epochs) {
+            if every > 0 && (self.state.epoch.is_multiple_of(every) || self.state.epoch == cfg.train.epochs) {
                 self.checkpoint_or_warn(sink, CheckpointReason::Epoch);
             }
             if decision == Decision::Stop {

@@ -10,6 +10,7 @@ pub struct Schedule {
     pub patience: u32,
     pub manual_counts: bool,
     pub decays_used: u32,
+    /// Best validation top-1 so far (-1 before the first epoch).
     pub best: f64,
     pub since_best: u32,
 }
@@ -32,7 +33,7 @@ impl Schedule {
             patience: cfg.patience,
             manual_counts: cfg.manual_decays_count,
             decays_used: 0,
-            best: f64::NEG_INFINITY,
+            best: -1.0,
             since_best: 0,
         }
     }
@@ -72,5 +73,46 @@ impl Schedule {
         }
         self.since_best = 0;
         (old, self.lr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(patience: u32, manual_counts: bool) -> Schedule {
+        let cfg = crate::config::TrainConfig {
+            patience,
+            manual_decays_count: manual_counts,
+            ..Default::default()
+        };
+        Schedule::new(&cfg)
+    }
+
+    #[test]
+    fn decays_after_patience_epochs_without_improvement_then_stops() {
+        let mut s = schedule(2, true);
+        let accs = [0.5, 0.6, 0.6, 0.55, 0.7, 0.7, 0.7, 0.69, 0.71, 0.7, 0.7, 0.7, 0.7];
+        let decisions: Vec<Decision> = accs.iter().map(|&a| s.on_epoch(a)).collect();
+        let d = |old: f64| Decision::Decay(old, old / 10.0);
+        use Decision::Continue as C;
+        assert_eq!(
+            decisions,
+            vec![C, C, C, d(1e-2), C, C, d(1e-3), C, C, C, d(1e-4), C, Decision::Stop]
+        );
+        assert_eq!(s.decays_used, 3);
+        assert!((s.lr - 1e-5).abs() < 1e-12);
+        assert_eq!(s.best, 0.71);
+    }
+
+    #[test]
+    fn manual_decays_count_only_when_configured() {
+        let mut counted = schedule(1, true);
+        assert_eq!(counted.manual_decay(), (1e-2, 1e-3));
+        assert_eq!(counted.decays_used, 1);
+        let mut free = schedule(1, false);
+        free.manual_decay();
+        assert_eq!(free.decays_used, 0);
+        assert!((free.lr - 1e-3).abs() < 1e-15);
     }
 }

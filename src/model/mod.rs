@@ -117,6 +117,7 @@ pub struct ModelSpec {
 }
 
 /// Layers of the `features` sequence, in torchvision's numbering.
+#[allow(clippy::large_enum_variant)] // a few dozen of them per network
 enum Layer {
     Conv {
         conv: nn::Conv2D,

@@ -1,0 +1,68 @@
+//! The key help line at the bottom; it shows what the keys do now.
+use crate::ui::app::{App, Dialog};
+use crate::ui::theme::Theme;
+use ratatui::{
+    buffer::Buffer,
+    layout::Rect,
+    text::{Line, Span},
+};
+
+/// (key, what it does) pairs for the current state.
+pub fn hints(app: &App) -> Vec<(&'static str, &'static str)> {
+    if app.dialog == Some(Dialog::Quit) {
+        return vec![
+            ("Enter", "save & quit"),
+            ("n", "quit without saving"),
+            ("Esc", "cancel"),
+        ];
+    }
+    if app.show_help {
+        return vec![("any key", "close help")];
+    }
+    if app.is_ended() {
+        let results = if app.results_hidden {
+            "show results"
+        } else {
+            "hide results"
+        };
+        return vec![
+            ("q", "quit"),
+            ("Esc", results),
+            ("?", "help"),
+            ("tab", "focus"),
+            ("↑↓", "scroll"),
+        ];
+    }
+    if app.stopping.is_some() {
+        return vec![
+            ("q", "quit at once (twice)"),
+            ("?", "help"),
+            ("tab", "focus"),
+            ("↑↓", "scroll"),
+        ];
+    }
+    let pause = if app.shows_paused() { "resume" } else { "pause" };
+    vec![
+        ("p", pause),
+        ("d", "decay lr"),
+        ("s", "save"),
+        ("q", "quit"),
+        ("?", "help"),
+        ("tab", "focus"),
+        ("↑↓", "scroll"),
+        ("o", "order"),
+    ]
+}
+
+pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
+    let mut spans = Vec::new();
+    for (k, (key, what)) in hints(app).into_iter().enumerate() {
+        if k > 0 {
+            spans.push(Span::styled("  ", theme.dim()));
+        }
+        spans.push(Span::styled(key, theme.key()));
+        spans.push(Span::raw(" "));
+        spans.push(Span::styled(what, theme.dim()));
+    }
+    buf.set_line(area.x, area.y, &Line::from(spans), area.width);
+}

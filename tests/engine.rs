@@ -1,0 +1,418 @@
+//! The engine, driven as the faces drive it: commands in, events out, on
+//! real Fashion-MNIST (Debian's dataset-fashion-mnist, installed by the
+//! set-up; each test says so and returns if it is absent).
+use crossbeam_channel::Receiver;
+use std::{collections::HashMap, path::Path, time::Duration};
+use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+use vggtrain::config::Config;
+use vggtrain::control::{CheckpointReason, Command, Event, LrCause};
+use vggtrain::engine::{self, checkpoint, sgd::Sgd};
+use vggtrain::model::{Arch, InitScheme, ModelSpec, Vgg};
+
+const FASHION: &str = "/usr/share/datasets/fashion-mnist";
+
+/// libtorch's generator is global to the process, and each engine seeds it
+/// per step: tests that train or draw random numbers run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn have_data() -> bool {
+    let ok = Path::new(FASHION).join("train-images-idx3-ubyte.gz").is_file();
+    if !ok {
+        eprintln!("skipped: Fashion-MNIST is not installed in {FASHION} (apt-get install dataset-fashion-mnist)");
+    }
+    ok
+}
+
+/// A CPU-sized run: VGG A at 1/8 width on a few hundred images.
+fn tiny(runs: &Path, epochs: usize) -> Config {
+    let mut cfg = Config::default();
+    cfg.model.config = Arch::A;
+    cfg.model.width = 8;
+    cfg.data.subset = Some(512);
+    cfg.data.val_size = Some(256);
+    cfg.data.test_subset = Some(256);
+    cfg.train.batch_size = 64;
+    cfg.train.epochs = epochs;
+    cfg.train.device = "cpu".into();
+    cfg.train.seed = 7;
+    cfg.run.runs_dir = Some(runs.to_owned());
+    cfg
+}
+
+/// Events until `pred` matches one (returned), failing after a minute.
+fn wait_for(events: &Receiver<Event>, mut pred: impl FnMut(&Event) -> bool) -> Event {
+    loop {
+        let e = events
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the engine went quiet");
+        if let Event::Failed { message } = &e {
+            panic!("the engine failed: {message}");
+        }
+        if pred(&e) {
+            return e;
+        }
+    }
+}
+
+/// Every event until the engine ends.
+fn drain(events: &Receiver<Event>) -> Vec<Event> {
+    let mut all = Vec::new();
+    while let Ok(e) = events.recv_timeout(Duration::from_secs(120)) {
+        all.push(e);
+    }
+    all
+}
+
+fn tensors(path: &Path) -> HashMap<String, Tensor> {
+    let l = checkpoint::load(path).unwrap();
+    let mut all = l.weights;
+    all.extend(l.momentum.into_iter().map(|(k, v)| (format!("momentum.{k}"), v)));
+    all
+}
+
+#[test]
+fn our_sgd_matches_tch_step_for_step() {
+    let _serial = serial();
+    let spec = ModelSpec {
+        arch: Arch::A,
+        width: 8,
+        in_channels: 1,
+        input: (32, 32),
+        classes: 10,
+        batch_norm: false,
+        dropout: 0.0,
+    };
+    let build = || {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = Vgg::new(&vs.root(), spec.clone(), InitScheme::Kaiming).unwrap();
+        (vs, m)
+    };
+    let (vs_a, model_a) = build();
+    let (vs_b, model_b) = build();
+    let mut ours = Sgd::new(&vs_a, 0.9, 5e-4, true);
+    let mut theirs = nn::Sgd {
+        momentum: 0.9,
+        dampening: 0.0,
+        wd: 5e-4,
+        nesterov: false,
+    }
+    .build(&vs_b, 0.01)
+    .unwrap();
+    for step in 0..10 {
+        tch::manual_seed(100 + step);
+        let x = Tensor::randn([16, 1, 32, 32], (Kind::Float, Device::Cpu));
+        let y = Tensor::randint(10, [16], (Kind::Int64, Device::Cpu));
+        let loss = model_a.forward_t(&x, true).cross_entropy_for_logits(&y);
+        ours.zero_grad();
+        loss.backward();
+        ours.step(0.01);
+        let loss = model_b.forward_t(&x, true).cross_entropy_for_logits(&y);
+        theirs.backward_step(&loss);
+    }
+    let (a, b) = (vs_a.variables(), vs_b.variables());
+    for (name, t) in &a {
+        let diff = (t - &b[name]).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "{name} differs by {diff}");
+    }
+    // The buffers exist and are what a checkpoint saves.
+    assert_eq!(ours.buffers().len(), a.len());
+}
+
+#[test]
+fn commands_pause_decay_save_and_stop() {
+    let _serial = serial();
+    if !have_data() {
+        return;
+    }
+    let runs = tempfile::tempdir().unwrap();
+    let h = engine::spawn(tiny(runs.path(), 1000), None).unwrap();
+    wait_for(&h.events, |e| matches!(e, Event::Step { .. }));
+
+    h.send(Command::Pause);
+    wait_for(&h.events, |e| matches!(e, Event::Paused));
+    // Paused holds: no step while paused.
+    std::thread::sleep(Duration::from_millis(700));
+    let during: Vec<Event> = h.events.try_iter().collect();
+    assert!(
+        !during.iter().any(|e| matches!(e, Event::Step { .. })),
+        "steps while paused: {during:?}"
+    );
+
+    // Commands still apply while paused.
+    h.send(Command::DecayLr);
+    match wait_for(&h.events, |e| matches!(e, Event::LrChanged { .. })) {
+        Event::LrChanged {
+            old,
+            new,
+            cause,
+            decays_used,
+            ..
+        } => {
+            assert_eq!((old, cause, decays_used), (1e-2, LrCause::Manual, 1));
+            assert!((new - 1e-3).abs() < 1e-15);
+        }
+        _ => unreachable!(),
+    }
+    h.send(Command::SaveCheckpoint);
+    let saved = match wait_for(&h.events, |e| matches!(e, Event::CheckpointSaved { .. })) {
+        Event::CheckpointSaved { path, reason } => {
+            assert_eq!(reason, CheckpointReason::Key);
+            path
+        }
+        _ => unreachable!(),
+    };
+    let loaded = checkpoint::load(&saved).expect("a saved checkpoint loads");
+    assert!((loaded.state.schedule.lr - 1e-3).abs() < 1e-15);
+    assert!(!loaded.momentum.is_empty());
+
+    h.send(Command::Resume);
+    wait_for(&h.events, |e| matches!(e, Event::Resumed));
+    wait_for(
+        &h.events,
+        |e| matches!(e, Event::Step { lr, .. } if (lr - 1e-3).abs() < 1e-15),
+    );
+
+    h.send(Command::Stop { save: true });
+    let rest = drain(&h.events);
+    let stop_ckpt = rest.iter().position(|e| {
+        matches!(
+            e,
+            Event::CheckpointSaved {
+                reason: CheckpointReason::Stop,
+                ..
+            }
+        )
+    });
+    let finished = rest.iter().position(|e| matches!(e, Event::Finished { .. }));
+    assert!(
+        stop_ckpt.is_some() && finished.is_some() && stop_ckpt < finished,
+        "{rest:?}"
+    );
+    let run = h.run_dir.clone();
+    h.join();
+    assert!(!run.join("pid").exists(), "a finished run is not live");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    for line in metrics.lines() {
+        serde_json::from_str::<serde_json::Value>(line).expect("each metrics line is JSON");
+    }
+    assert!(metrics.contains("\"event\":\"finished\""));
+}
+
+#[test]
+fn resume_is_bitwise_identical_to_an_uninterrupted_run() {
+    let _serial = serial();
+    if !have_data() {
+        return;
+    }
+    let runs = tempfile::tempdir().unwrap();
+    let run = |cfg: Config, resume: Option<&Path>| {
+        let h = engine::spawn(cfg, resume).unwrap();
+        let dir = h.run_dir.clone();
+        let events = drain(&h.events);
+        h.join();
+        assert!(events.iter().any(|e| matches!(e, Event::Finished { .. })), "{events:?}");
+        dir
+    };
+    // Two epochs straight.
+    let mut cfg = tiny(runs.path(), 2);
+    cfg.run.name = Some("straight".into());
+    let straight = run(cfg.clone(), None);
+
+    // One epoch, then resume for the second.
+    cfg.run.name = Some("split".into());
+    cfg.train.epochs = 1;
+    let split = run(cfg.clone(), None);
+    cfg.train.epochs = 2;
+    run(cfg.clone(), Some(&split));
+
+    // Stopped mid-epoch (wherever the stop lands), then resumed.
+    cfg.run.name = Some("mid".into());
+    let h = engine::spawn(cfg.clone(), None).unwrap();
+    let mid = h.run_dir.clone();
+    wait_for(&h.events, |e| matches!(e, Event::Step { step, .. } if *step >= 3));
+    h.send(Command::Stop { save: true });
+    drain(&h.events);
+    h.join();
+    let stopped_at = checkpoint::load(&engine::newest_checkpoint(&mid).unwrap())
+        .unwrap()
+        .state;
+    assert_eq!(stopped_at.epoch, 0, "stopped inside the first epoch");
+    assert!(stopped_at.step >= 3);
+    run(cfg.clone(), Some(&mid));
+
+    let want = tensors(&engine::newest_checkpoint(&straight).unwrap());
+    for other in [&split, &mid] {
+        let got = tensors(&engine::newest_checkpoint(other).unwrap());
+        assert_eq!(want.len(), got.len());
+        for (name, t) in &want {
+            assert!(
+                t.equal(&got[name]),
+                "{name} differs after resume in {}",
+                other.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn resuming_with_another_configuration_is_an_error() {
+    let _serial = serial();
+    if !have_data() {
+        return;
+    }
+    let runs = tempfile::tempdir().unwrap();
+    let h = engine::spawn(tiny(runs.path(), 1), None).unwrap();
+    let dir = h.run_dir.clone();
+    drain(&h.events);
+    h.join();
+    let mut other = tiny(runs.path(), 2);
+    other.model.config = Arch::B;
+    let h = engine::spawn(other, Some(&dir)).unwrap();
+    let events = drain(&h.events);
+    h.join();
+    let failed = events.iter().find_map(|e| match e {
+        Event::Failed { message } => Some(message.clone()),
+        _ => None,
+    });
+    let message = failed.expect("resume must fail");
+    assert!(
+        message.contains("another configuration") && message.contains("VGG B"),
+        "{message}"
+    );
+}
+
+#[test]
+fn nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint() {
+    let _serial = serial();
+    if !have_data() {
+        return;
+    }
+    let runs = tempfile::tempdir().unwrap();
+    // A good first epoch, then an absurd lr.
+    let mut cfg = tiny(runs.path(), 1);
+    cfg.run.name = Some("nan".into());
+    let h = engine::spawn(cfg.clone(), None).unwrap();
+    let dir = h.run_dir.clone();
+    drain(&h.events);
+    h.join();
+    let good = engine::newest_checkpoint(&dir).unwrap();
+    let good_bytes = std::fs::read(&good).unwrap();
+
+    cfg.train.epochs = 3;
+    let h = engine::spawn(cfg, Some(&dir)).unwrap();
+    h.send(Command::SetLr { lr: 1e3 });
+    let events = drain(&h.events);
+    h.join();
+    let message = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Failed { message } => Some(message.clone()),
+            _ => None,
+        })
+        .expect("a NaN loss fails the run");
+    assert!(message.contains("loss became NaN at epoch 2"), "{message}");
+    assert!(message.contains(&good.display().to_string()), "{message}");
+    assert_eq!(checkpoint::list(&dir.join("checkpoints")), vec![good.clone()]);
+    assert_eq!(
+        std::fs::read(&good).unwrap(),
+        good_bytes,
+        "the last good checkpoint is untouched"
+    );
+}
+
+#[test]
+fn a_half_written_checkpoint_is_never_taken_for_one() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpts = dir.path().join("checkpoints");
+    std::fs::create_dir(&ckpts).unwrap();
+    let w = vec![("w".to_string(), Tensor::from_slice(&[1.0f32, 2.0]))];
+    let state_of = |step| checkpoint::TrainState {
+        epoch: 0,
+        step,
+        global_step: step as u64,
+        schedule: engine::schedule::Schedule::new(&Default::default()),
+        loss_sum: 0.0,
+        correct: 0.0,
+        seen: 0.0,
+        history: vec![],
+        lr_timeline: vec![],
+        config: String::new(),
+        model: "m".into(),
+    };
+    let old = ckpts.join(checkpoint::periodic_name(1));
+    checkpoint::save(&old, &w, &[], &state_of(1)).unwrap();
+    let old_bytes = std::fs::read(&old).unwrap();
+
+    // A writer killed between write and rename leaves only its temp file...
+    std::fs::write(
+        ckpts.join(".tmp-999-ckpt-0000000002.safetensors"),
+        &old_bytes[..old_bytes.len() / 2],
+    )
+    .unwrap();
+    // ...and a truncated file under a checkpoint's name (not ours: a copy
+    // cut short) is skipped too.
+    std::fs::write(
+        ckpts.join(checkpoint::periodic_name(3)),
+        &old_bytes[..old_bytes.len() - 5],
+    )
+    .unwrap();
+    assert_eq!(engine::newest_checkpoint(dir.path()).unwrap(), old);
+
+    // A failed write (here: the target's folder is a file) leaves the old one.
+    let blocked = dir.path().join("not-a-dir");
+    std::fs::write(&blocked, b"x").unwrap();
+    let err = checkpoint::save(&blocked.join("ckpt.safetensors"), &w, &[], &state_of(2)).unwrap_err();
+    assert!(format!("{err:#}").contains("cannot write"), "{err:#}");
+    assert_eq!(std::fs::read(&old).unwrap(), old_bytes);
+    assert_eq!(checkpoint::load(&old).unwrap().state.step, 1);
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_a_clear_error() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.safetensors");
+    std::fs::write(&p, b"not a checkpoint at all").unwrap();
+    let err = format!("{:#}", checkpoint::load(&p).err().unwrap());
+    assert!(
+        err.contains("is not a complete vggtrain checkpoint") && err.contains("x.safetensors"),
+        "{err}"
+    );
+}
+
+/// The seed's run ended at chance (9.92%); ours must learn.
+#[test]
+fn it_learns_fashion_mnist() {
+    let _serial = serial();
+    if !have_data() {
+        return;
+    }
+    let runs = tempfile::tempdir().unwrap();
+    let mut cfg = tiny(runs.path(), 8);
+    cfg.data.subset = Some(5000);
+    cfg.data.val_size = Some(1000);
+    cfg.data.test_subset = None;
+    cfg.data.pad = 0;
+    cfg.data.pca_lighting = 0.0;
+    cfg.train.patience = 3;
+    cfg.run.checkpoint_every = 0;
+    let h = engine::spawn(cfg, None).unwrap();
+    let events = drain(&h.events);
+    h.join();
+    let test = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Finished { test: Some(t), .. } => Some(t.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no test result: {:?}", events.last()));
+    eprintln!("test accuracy after 8 epochs of 5000 images: {:.2}%", 100.0 * test.top1);
+    assert_eq!(test.images, 10_000);
+    assert!(test.top1 >= 0.75, "test top-1 {:.2}% < 75%", 100.0 * test.top1);
+}
