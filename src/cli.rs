@@ -47,6 +47,8 @@ pub enum Cmd {
         #[command(subcommand)]
         command: ConfigCmd,
     },
+    /// Training throughput: compute only, data only, end to end.
+    Bench(BenchCli),
     /// The runs in the runs directory.
     Runs {
         #[arg(long)]
@@ -167,4 +169,35 @@ pub struct EvalArgs {
     /// Where the dataset is, if not where the run found it.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchCli {
+    #[arg(long, default_value = "D")]
+    pub model: String,
+    /// Input size (32 = CIFAR shape, 224 = ImageNet crop).
+    #[arg(long, default_value_t = 32)]
+    pub input: i64,
+    #[arg(long, default_value_t = 128)]
+    pub batch: i64,
+    #[arg(long, default_value_t = 1)]
+    pub width: i64,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// fp32 or bf16 (autocast, CUDA only).
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Memory layout: true (NHWC, the trainer's default) or false (NCHW).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub channels_last: bool,
+    /// JPEGs generated for the folder pipeline (0 = skip it).
+    #[arg(long, default_value_t = 256)]
+    pub folder_images: usize,
+    /// One JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }

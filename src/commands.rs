@@ -153,6 +153,9 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let vs = VarStore::new(device);
     let net = Vgg::new(&vs.root(), spec, model::InitScheme::Kaiming).map_err(anyhow::Error::msg)?;
     model::load_weights(&vs, &args.checkpoint)?;
+    if cfg.train.channels_last {
+        model::vars_to_channels_last(&vs);
+    }
     let batch = cfg.train.batch_size as usize;
     let protocol = eval::Protocol {
         flip: args.flip,
@@ -252,6 +255,33 @@ pub fn runs(dir: Option<PathBuf>) -> Result<()> {
             },
             last.map(|p| p.display().to_string()).unwrap_or_else(|| "-".into())
         );
+    }
+    Ok(())
+}
+
+pub fn bench(a: &crate::cli::BenchCli) -> Result<()> {
+    let precision = match a.precision.as_str() {
+        "fp32" => crate::config::Precision::Fp32,
+        "bf16" => crate::config::Precision::Bf16,
+        other => bail!("--precision {other}: expected fp32 or bf16"),
+    };
+    let args = crate::bench::BenchArgs {
+        model: a.model.parse().map_err(anyhow::Error::msg)?,
+        input: a.input,
+        batch: a.batch,
+        width: a.width,
+        device: a.device.clone(),
+        precision,
+        steps: a.steps,
+        warmup: a.warmup,
+        channels_last: a.channels_last,
+        folder_images: a.folder_images,
+    };
+    let report = crate::bench::run(&args)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        report.print();
     }
     Ok(())
 }

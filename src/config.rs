@@ -215,6 +215,9 @@ pub struct TrainConfig {
     pub precision: Precision,
     /// CPU threads for libtorch (0 = libtorch's default).
     pub threads: i32,
+    /// NHWC memory layout for activations and conv weights (faster with
+    /// oneDNN on CPU and cuDNN on tensor cores; see BENCHMARKS.md).
+    pub channels_last: bool,
     /// Most step events per second sent to the face.
     pub step_events_per_sec: f64,
 }
@@ -236,6 +239,7 @@ impl Default for TrainConfig {
             seed: 0,
             precision: Precision::Fp32,
             threads: 0,
+            channels_last: true,
             step_events_per_sec: 20.0,
         }
     }

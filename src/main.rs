@@ -27,6 +27,7 @@ fn main() {
             command: ConfigCmd::Show(args),
         } => commands::config_show(&args).map(|_| 0),
         Cmd::Runs { runs_dir } => commands::runs(runs_dir).map(|_| 0),
+        Cmd::Bench(args) => commands::bench(&args).map(|_| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -302,3 +302,42 @@ fn bad_input_is_a_clear_error_with_exit_2() {
         );
     }
 }
+
+#[test]
+fn bench_reports_every_measure_as_json() {
+    let o = run(&[
+        "bench",
+        "--model",
+        "A",
+        "--width",
+        "8",
+        "--input",
+        "32",
+        "--batch",
+        "16",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--folder-images",
+        "8",
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for key in [
+        "compute_images_per_sec",
+        "data_memory_images_per_sec",
+        "data_folder_images_per_sec_1_thread",
+        "data_folder_images_per_sec_all_threads",
+        "end_to_end_images_per_sec",
+        "train_tflops",
+        "peak_host_memory_mb",
+    ] {
+        assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {r}");
+    }
+    assert_eq!(r["model"], "VGG A (11 layers) 1/8 width");
+    assert_eq!(r["channels_last"], true);
+}

@@ -38,7 +38,7 @@ pub fn evaluate(
             let mut probs: Option<Tensor> = None;
             let mut views = 0.0;
             for aug in augments {
-                let x = aug.eval(&x);
+                let x = batches.layout(aug.eval(&x));
                 let xs = if protocol.flip { vec![x.flip([3]), x] } else { vec![x] };
                 for v in xs {
                     let logits = batches.autocast(|| {

@@ -76,6 +76,7 @@ pub struct Batches {
     pub device: Device,
     plan: Option<folder::Plan>,
     bf16: bool,
+    pub channels_last: bool,
 }
 
 impl Batches {
@@ -84,6 +85,7 @@ impl Batches {
             device,
             plan: (cfg.data.dataset == crate::config::DatasetName::Folder).then(|| folder::Plan::new(&cfg.data, crop)),
             bf16: cfg.train.precision == Precision::Bf16 && device.is_cuda(),
+            channels_last: cfg.train.channels_last,
         }
     }
 
@@ -101,6 +103,15 @@ impl Batches {
         }
     }
 
+    /// The model's input layout: NHWC strides when channels-last is on.
+    pub fn layout(&self, x: Tensor) -> Tensor {
+        if self.channels_last {
+            model::channels_last(&x)
+        } else {
+            x
+        }
+    }
+
     /// Runs `f` under bf16 autocast when configured (CUDA only).
     pub fn autocast<T>(&self, f: impl FnOnce() -> T) -> T {
         if self.bf16 {
@@ -109,6 +120,20 @@ impl Batches {
             f()
         }
     }
+}
+
+/// One SGD step on an augmented batch: returns the summed loss and the
+/// number of correct predictions, on the device (no host sync).
+pub fn train_step(model: &Vgg, sgd: &mut Sgd, batches: &Batches, x: &Tensor, y: &Tensor, lr: f64) -> (Tensor, Tensor) {
+    let x = batches.layout(x.shallow_clone());
+    let logits = batches.autocast(|| model.forward_t(&x, true)).to_kind(Kind::Float);
+    let loss = logits.cross_entropy_for_logits(y);
+    sgd.zero_grad();
+    loss.backward();
+    sgd.step(lr);
+    let n = y.size()[0] as f64;
+    let correct = logits.argmax(-1, false).eq_tensor(y).sum(Kind::Double);
+    (loss.detach().to_kind(Kind::Double) * n, correct)
 }
 
 /// What a face holds: commands in, events out.
@@ -300,6 +325,9 @@ impl<'a> Worker<'a> {
             sink.emit(Event::Log {
                 message: format!("warm start from {}: copied {}", a.display(), copied.join(", ")),
             });
+        }
+        if cfg.train.channels_last {
+            model::vars_to_channels_last(&vs);
         }
         let mut sgd = Sgd::new(&vs, cfg.train.momentum, cfg.train.weight_decay, cfg.train.decay_biases);
         let schedule = Schedule::new(&cfg.train);
@@ -541,20 +569,20 @@ impl<'a> Worker<'a> {
                 tch::manual_seed(seed);
                 let (x, y) = self.batches.get(&self.data.train, idx, true, seed as u64)?;
                 let x = self.train_aug.train(&x);
-                let logits = self
-                    .batches
-                    .autocast(|| self.model.forward_t(&x, true))
-                    .to_kind(Kind::Float);
-                let loss = logits.cross_entropy_for_logits(&y);
-                self.sgd.zero_grad();
-                loss.backward();
-                self.sgd.step(self.state.schedule.lr);
+                let (loss, correct) = train_step(
+                    &self.model,
+                    &mut self.sgd,
+                    &self.batches,
+                    &x,
+                    &y,
+                    self.state.schedule.lr,
+                );
                 let b = idx.len() as f64;
-                let batch_loss = loss.detach().to_kind(Kind::Double) * b;
+                let batch_loss = loss;
                 loss_acc += &batch_loss;
                 window_loss += &batch_loss;
                 window_n += idx.len();
-                correct_acc += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Double);
+                correct_acc += correct;
                 self.state.step += 1;
                 self.state.global_step += 1;
                 self.state.seen += b;

@@ -134,6 +134,24 @@ pub struct Vgg {
     fc: Vec<nn::Linear>,
 }
 
+/// The same values with NHWC strides (libtorch's "channels last"), kept in
+/// NCHW shape: tch has no memory-format API, the permute trick gives it.
+pub fn channels_last(t: &Tensor) -> Tensor {
+    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+/// Turns every 4-d variable (the conv weights) to channels-last in place.
+pub fn vars_to_channels_last(vs: &nn::VarStore) {
+    tch::no_grad(|| {
+        for (_, mut v) in vs.variables() {
+            if v.dim() == 4 {
+                let nhwc = channels_last(&v);
+                v.set_data(&nhwc);
+            }
+        }
+    });
+}
+
 /// AlexNet's LRN constants, as the paper uses them.
 const LRN_SIZE: i64 = 5;
 const LRN_K: f64 = 2.0;

@@ -590,3 +590,25 @@ fn describe_and_flops() {
     let gflops = spec(Arch::D, 1, 224, 1000).forward_flops() / 1e9;
     assert!((30.0..31.5).contains(&gflops), "{gflops}");
 }
+
+#[test]
+fn channels_last_weights_and_inputs_give_the_same_logits() {
+    let spec = ModelSpec {
+        arch: Arch::B,
+        width: 8,
+        in_channels: 3,
+        input: (32, 32),
+        classes: 10,
+        batch_norm: false,
+        dropout: 0.5,
+    };
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let net = Vgg::new(&vs.root(), spec, InitScheme::Kaiming).unwrap();
+    let x = Tensor::randn([4, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
+    let nchw = net.forward_t(&x, false);
+    vars_to_channels_last(&vs);
+    let w = vs.variables()["features.0.weight"].shallow_clone();
+    assert_eq!(w.stride()[1], 1, "conv weights are NHWC after the switch");
+    let nhwc = net.forward_t(&channels_last(&x), false);
+    assert!(nchw.allclose(&nhwc, 1e-5, 1e-5, false));
+}

@@ -1,0 +1,256 @@
+//! `vggtrain bench`: training throughput measured in one process, after
+//! warm-up: compute alone, the input pipeline alone (in-memory and
+//! folder-of-JPEGs paths), and the two together as the engine runs them.
+use crate::config::{Config, DataConfig, Precision};
+use crate::data::{augment::Augment, augment::Stats, folder, Source};
+use crate::engine::{self, sgd::Sgd, train_step, Batches};
+use crate::model::{self, Arch, Vgg};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::time::Instant;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+#[derive(Clone, Debug)]
+pub struct BenchArgs {
+    pub model: Arch,
+    pub input: i64,
+    pub batch: i64,
+    pub width: i64,
+    pub device: String,
+    pub precision: Precision,
+    pub steps: usize,
+    pub warmup: usize,
+    pub channels_last: bool,
+    /// Images of the generated JPEG folder (0 = skip the folder path).
+    pub folder_images: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub device: String,
+    pub model: String,
+    pub input: i64,
+    pub batch: i64,
+    pub precision: String,
+    pub channels_last: bool,
+    pub compute_images_per_sec: f64,
+    pub data_memory_images_per_sec: f64,
+    pub data_folder_images_per_sec_1_thread: Option<f64>,
+    pub data_folder_images_per_sec_all_threads: Option<f64>,
+    pub folder_threads: usize,
+    pub end_to_end_images_per_sec: f64,
+    pub end_to_end_over_compute: f64,
+    pub data_wait_share: f64,
+    pub train_tflops: f64,
+    pub peak_host_memory_mb: f64,
+    pub peak_gpu_memory_mb: Option<f64>,
+}
+
+/// Waits for the device's queued work (reading a scalar syncs).
+fn sync(t: &Tensor) {
+    let _ = t.double_value(&[]);
+}
+
+/// Images per second of `steps` calls of `f`, after `warmup` calls.
+fn rate(batch: i64, warmup: usize, steps: usize, mut f: impl FnMut() -> Tensor) -> f64 {
+    for _ in 0..warmup {
+        sync(&f());
+    }
+    let start = Instant::now();
+    let mut last = Tensor::zeros([], (Kind::Float, Device::Cpu));
+    for _ in 0..steps {
+        last = f();
+    }
+    sync(&last);
+    (steps as i64 * batch) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn peak_host_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn gpu_mb() -> Option<f64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"])
+        .output()
+        .ok()?;
+    let me = std::process::id().to_string();
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let (pid, mb) = l.split_once(',')?;
+        (pid.trim() == me).then(|| mb.trim().parse().ok())?
+    })
+}
+
+/// Writes `n` JPEGs of (S*5/4) x S pixels into `dir/train/<class>/`.
+fn write_jpegs(dir: &std::path::Path, n: usize, s: u32) -> Result<()> {
+    for i in 0..n {
+        let class = dir.join("train").join(format!("c{}", i % 4));
+        std::fs::create_dir_all(&class)?;
+        let img = image::RgbImage::from_fn(s * 5 / 4, s, |x, y| {
+            image::Rgb([(x * 7 + i as u32) as u8, (y * 3) as u8, ((x ^ y) + i as u32) as u8])
+        });
+        img.save(class.join(format!("{i}.jpg")))?;
+    }
+    Ok(())
+}
+
+pub fn run(a: &BenchArgs) -> Result<Report> {
+    let device = engine::resolve_device(&a.device)?;
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    let mut cfg = Config::default();
+    cfg.model.config = a.model;
+    cfg.model.width = a.width;
+    cfg.train.precision = a.precision;
+    cfg.train.channels_last = a.channels_last;
+    cfg.data.crop = Some(a.input);
+    let spec = cfg.model_spec(3, (a.input, a.input), 10);
+    spec.validate().map_err(anyhow::Error::msg)?;
+    let vs = VarStore::new(device);
+    let net = Vgg::new(&vs.root(), spec.clone(), model::InitScheme::Kaiming).map_err(anyhow::Error::msg)?;
+    if a.channels_last {
+        model::vars_to_channels_last(&vs);
+    }
+    let mut sgd = Sgd::new(&vs, 0.9, 5e-4, true);
+    let batches = Batches::new(&cfg, a.input, device);
+    let b = a.batch;
+
+    // 1. Compute only: one batch already on the device.
+    let x = Tensor::randn([b, 3, a.input, a.input], (Kind::Float, device));
+    let y = Tensor::randint(10, [b], (Kind::Int64, device));
+    let compute = rate(b, a.warmup, a.steps, || {
+        train_step(&net, &mut sgd, &batches, &x, &y, 1e-3).0
+    });
+
+    // 2. Data only, in memory: u8 images on the device, batched augmentation.
+    let n = (b as usize * 8).max(1024);
+    let images = Tensor::randint(256, [n as i64, 3, a.input, a.input], (Kind::Uint8, device));
+    let labels = Tensor::randint(10, [n as i64], (Kind::Int64, device));
+    let stats = Stats::from_images(&images, crate::config::PcaSource::Imagenet);
+    let data_cfg = DataConfig::default();
+    let aug = Augment::new(&data_cfg, &stats, 4, None, device);
+    let source = Source::Memory { images, labels };
+    let order = crate::data::permutation(n, 1);
+    let mut at = 0;
+    let mut next = || {
+        let idx: Vec<usize> = (0..b as usize).map(|i| order[(at + i) % n]).collect();
+        at += b as usize;
+        batches
+            .get(&source, &idx, true, 0)
+            .expect("in-memory batches never fail")
+    };
+    let data_memory = rate(b, a.warmup, a.steps.max(20), || {
+        let (x, _) = next();
+        aug.train(&x).sum(Kind::Float)
+    });
+
+    // 3. End to end: pipeline and step as the engine runs them.
+    let e2e = rate(b, a.warmup, a.steps, || {
+        let (x, y) = next();
+        train_step(&net, &mut sgd, &batches, &aug.train(&x), &y, 1e-3).0
+    });
+    let peak_gpu = gpu_mb();
+
+    // 4. Data only, the folder path: JPEG decode, rescale, crop on rayon.
+    let threads = rayon::current_num_threads();
+    let (folder_1, folder_all) = if a.folder_images > 0 {
+        let dir = tempfile_dir()?;
+        let s = (a.input * 8 / 7) as u32;
+        write_jpegs(&dir, a.folder_images, s)?;
+        let (_, files) = folder::scan(&dir.join("train"))?;
+        let items = folder::Items {
+            files: std::sync::Arc::new(files),
+        };
+        let plan = folder::Plan {
+            scale: [s as i64, s as i64],
+            test_scale: s as i64,
+            crop: a.input,
+            skip_bad: false,
+        };
+        let idx: Vec<usize> = (0..items.len()).collect();
+        let time = |pool: &rayon::ThreadPool| {
+            pool.install(|| {
+                let start = Instant::now();
+                plan.batch(&items, &idx, true, 1)
+                    .map(|_| idx.len() as f64 / start.elapsed().as_secs_f64())
+            })
+        };
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+        let all = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+        let _ = time(&all)?; // warm the page cache
+        let r = (Some(time(&one)?), Some(time(&all)?));
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    } else {
+        (None, None)
+    };
+    let tflops = 3.0 * spec.forward_flops() * compute / 1e12;
+    Ok(Report {
+        device: engine::describe_device(device),
+        model: spec.describe(),
+        input: a.input,
+        batch: b,
+        precision: format!("{:?}", a.precision).to_lowercase(),
+        channels_last: a.channels_last,
+        compute_images_per_sec: compute,
+        data_memory_images_per_sec: data_memory,
+        data_folder_images_per_sec_1_thread: folder_1,
+        data_folder_images_per_sec_all_threads: folder_all,
+        folder_threads: threads,
+        end_to_end_images_per_sec: e2e,
+        end_to_end_over_compute: e2e / compute,
+        data_wait_share: (1.0 - compute.recip() / e2e.recip()).max(0.0),
+        train_tflops: tflops,
+        peak_host_memory_mb: peak_host_mb(),
+        peak_gpu_memory_mb: peak_gpu,
+    })
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("vggtrain-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+impl Report {
+    pub fn print(&self) {
+        let opt = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
+        println!(
+            "{} · {} · input {} · batch {} · {} · channels-last {}",
+            self.device, self.model, self.input, self.batch, self.precision, self.channels_last
+        );
+        println!(
+            "compute only            {:>10.1} img/s  ({:.2} TFLOP/s)",
+            self.compute_images_per_sec, self.train_tflops
+        );
+        println!(
+            "data only, in memory    {:>10.1} img/s",
+            self.data_memory_images_per_sec
+        );
+        println!(
+            "data only, JPEG folder  {:>10} img/s on 1 thread, {} on {} threads",
+            opt(self.data_folder_images_per_sec_1_thread),
+            opt(self.data_folder_images_per_sec_all_threads),
+            self.folder_threads
+        );
+        println!(
+            "end to end (in memory)  {:>10.1} img/s  = {:.3} x compute only; data wait {:.1}% of step time",
+            self.end_to_end_images_per_sec,
+            self.end_to_end_over_compute,
+            100.0 * self.data_wait_share
+        );
+        println!(
+            "peak memory             {:>10.0} MB host{}",
+            self.peak_host_memory_mb,
+            self.peak_gpu_memory_mb
+                .map(|m| format!(", {m:.0} MB GPU"))
+                .unwrap_or_default()
+        );
+    }
+}
