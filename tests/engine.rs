@@ -416,3 +416,46 @@ fn it_learns_fashion_mnist() {
     assert_eq!(test.images, 10_000);
     assert!(test.top1 >= 0.75, "test top-1 {:.2}% < 75%", 100.0 * test.top1);
 }
+
+#[test]
+fn trains_on_an_image_folder_through_the_prefetch_queue() {
+    let _serial = serial();
+    let root = tempfile::tempdir().unwrap();
+    for (split, n) in [("train", 24), ("val", 4)] {
+        for class in 0..3u8 {
+            let dir = root.path().join(split).join(format!("class{class}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(60, 48, |x, y| {
+                    image::Rgb([class * 80, (x * 4) as u8, (y * 5 + i) as u8])
+                });
+                img.save(dir.join(format!("{i}.jpg"))).unwrap();
+            }
+        }
+    }
+    let runs = tempfile::tempdir().unwrap();
+    let mut cfg = tiny(runs.path(), 2);
+    cfg.data.dataset = vggtrain::config::DatasetName::Folder;
+    cfg.data.dir = Some(root.path().to_owned());
+    cfg.data.crop = Some(32);
+    cfg.data.scale = [36, 44];
+    cfg.data.subset = None;
+    cfg.data.val_size = Some(12);
+    cfg.data.test_subset = None;
+    cfg.train.batch_size = 16;
+    let h = engine::spawn(cfg, None).unwrap();
+    let events = drain(&h.events);
+    h.join();
+    let started = events.iter().find_map(|e| match e {
+        Event::Started(i) => Some(i.clone()),
+        _ => None,
+    });
+    let info = started.expect("started");
+    assert_eq!(info.classes, vec!["class0", "class1", "class2"]);
+    assert_eq!((info.train_images, info.val_images, info.test_images), (60, 12, 12));
+    assert_eq!(events.iter().filter(|e| matches!(e, Event::Epoch(_))).count(), 2);
+    match events.last() {
+        Some(Event::Finished { test: Some(t), .. }) => assert_eq!(t.images, 12),
+        other => panic!("{other:?}"),
+    }
+}

@@ -259,3 +259,26 @@ pub fn load(cfg: &DataConfig, root: &Path, seed: u64, crop: i64) -> Result<Datas
         stats,
     })
 }
+
+/// Decodes the listed training batches (indices, seed) in order on rayon's
+/// pool, at most `depth` batches ahead of the consumer, so training does not
+/// wait while cores suffice. Dropping the receiver stops it.
+pub fn prefetch(
+    plan: Plan,
+    items: Items,
+    batches: Vec<(Vec<usize>, u64)>,
+    depth: usize,
+) -> crossbeam_channel::Receiver<Result<HostBatch, DataError>> {
+    let (tx, rx) = crossbeam_channel::bounded(depth);
+    std::thread::Builder::new()
+        .name("vggtrain-prefetch".into())
+        .spawn(move || {
+            for (idx, seed) in batches {
+                if tx.send(plan.batch(&items, &idx, true, seed)).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("the prefetch thread starts");
+    rx
+}

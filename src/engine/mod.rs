@@ -547,6 +547,20 @@ impl<'a> Worker<'a> {
             let mut correct_acc = Tensor::zeros([], (Kind::Double, dev));
             let (mut window_loss, mut window_n) = (Tensor::zeros([], (Kind::Double, dev)), 0usize);
             let mut last_event: Option<(Instant, u64)> = None;
+            // Folder datasets decode ahead on other threads; in-memory ones
+            // are cut from the device tensor in place.
+            let prefetched = match (&self.data.train, self.batches.plan) {
+                (Source::Folder(items), Some(plan)) => {
+                    let list = (self.state.step..steps)
+                        .map(|s| {
+                            let idx = order[s * batch..((s + 1) * batch).min(n)].to_vec();
+                            (idx, step_seed(cfg.train.seed, epoch, s) as u64)
+                        })
+                        .collect();
+                    Some(folder::prefetch(plan, items.clone(), list, 4))
+                }
+                _ => None,
+            };
             let flush = |w: &mut Worker, loss_acc: &mut Tensor, correct_acc: &mut Tensor| {
                 w.state.loss_sum += loss_acc.double_value(&[]);
                 w.state.correct += correct_acc.double_value(&[]);
@@ -567,7 +581,13 @@ impl<'a> Worker<'a> {
                 let idx = &order[step * batch..((step + 1) * batch).min(n)];
                 let seed = step_seed(cfg.train.seed, epoch, step);
                 tch::manual_seed(seed);
-                let (x, y) = self.batches.get(&self.data.train, idx, true, seed as u64)?;
+                let (x, y) = match &prefetched {
+                    Some(rx) => rx
+                        .recv()
+                        .expect("the prefetch thread lives while its receiver does")?
+                        .to_tensors(dev),
+                    None => self.batches.get(&self.data.train, idx, true, seed as u64)?,
+                };
                 let x = self.train_aug.train(&x);
                 let (loss, correct) = train_step(
                     &self.model,
