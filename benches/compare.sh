@@ -27,5 +27,6 @@ for n, v in c.items():
     print(f"{n:<14} compute only {v:8.1f} img/s (median of {len(runs[n])})")
 e2e = med("vggtrain-nhwc", "end_to_end_over_compute")
 print(f"vggtrain-nhwc end to end / compute only: {e2e:.3f}")
-print(f"vggtrain-nhwc / pytorch-nchw: {c[\"vggtrain-nhwc\"] / c[\"pytorch-nchw\"]:.3f}")
+ours, theirs = c["vggtrain-nhwc"], c["pytorch-nchw"]
+print(f"vggtrain-nhwc / pytorch-nchw: {ours / theirs:.3f}")
 '

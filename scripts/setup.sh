@@ -24,7 +24,7 @@ else
   say "installing PyTorch $TORCH_VERSION (about 4.5 GB) into $TORCH_DIR; this takes a few minutes, once"
   mkdir -p "$CACHE"
   rm -rf "$TORCH_DIR.partial"
-  "$PY" -m pip install --quiet --no-cache-dir --disable-pip-version-check \
+  "$PY" -m pip install --quiet --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
     --target "$TORCH_DIR.partial" "torch==$TORCH_VERSION" \
     || die "pip could not install torch==$TORCH_VERSION (is PyPI reachable?)"
   rm -rf "$TORCH_DIR"

@@ -36,7 +36,6 @@ pub enum CheckpointReason {
     Epoch,
     Best,
     Stop,
-    Signal,
 }
 
 /// The run as it starts.

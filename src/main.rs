@@ -4,16 +4,19 @@ use vggtrain::cli::{Cli, Cmd, ConfigCmd};
 use vggtrain::{commands, engine, headless, ui};
 
 fn main() {
+    // A closed pipe (`vggtrain models | head`) ends the process quietly, as
+    // for any command-line tool.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Train(args) => commands::layered(&args.config).and_then(|l| {
-            let handle = engine::spawn(l.config, args.resume.as_deref())?;
-            Ok(if args.no_tui || !std::io::stdout().is_terminal() {
-                headless::run(handle)
-            } else {
-                ui::run(handle)?
-            })
-        }),
+        Cmd::Train(mut args) => {
+            // A resumed run keeps its own configuration unless told otherwise.
+            if let (Some(run), None) = (&args.resume, &args.config.config) {
+                let saved = run.join("config.toml");
+                args.config.config = saved.is_file().then_some(saved);
+            }
+            train(args)
+        }
         Cmd::Eval(args) => commands::eval(&args).map(|_| 0),
         Cmd::Export { checkpoint, out } => commands::export(&checkpoint, &out).map(|_| 0),
         Cmd::Models {
@@ -36,4 +39,14 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+fn train(args: vggtrain::cli::TrainArgs) -> anyhow::Result<i32> {
+    let layered = commands::layered(&args.config)?;
+    let handle = engine::spawn(layered.config, args.resume.as_deref())?;
+    Ok(if args.no_tui || !std::io::stdout().is_terminal() {
+        headless::run(handle)
+    } else {
+        ui::run(handle)?
+    })
 }

@@ -420,7 +420,6 @@ impl App {
                     CheckpointReason::Epoch => "epoch",
                     CheckpointReason::Best => "best",
                     CheckpointReason::Stop => "stop",
-                    CheckpointReason::Signal => "signal",
                 };
                 self.log(
                     LogKind::Checkpoint,
@@ -652,8 +651,12 @@ impl App {
         Some(Command::Stop { save })
     }
 
-    /// SIGINT / SIGTERM: save and stop (no dialog), then exit 130 / 143.
+    /// SIGUSR1: save a checkpoint, as headless. SIGINT / SIGTERM: save and
+    /// stop (no dialog), then exit 130 / 143.
     pub fn on_signal(&mut self, sig: i32) -> Option<Command> {
+        if sig == libc::SIGUSR1 {
+            return (!self.is_ended()).then_some(Command::SaveCheckpoint);
+        }
         let code = match sig {
             libc::SIGINT => EXIT_SIGINT,
             libc::SIGTERM => EXIT_SIGTERM,

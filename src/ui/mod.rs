@@ -9,7 +9,7 @@
 //!   `TestBackend`), and the terminal's set-up and restoration.
 //!
 //! The loop blocks in `crossbeam_channel::select!` on the engine's events,
-//! the keys, the signals (SIGWINCH, SIGHUP, SIGINT, SIGTERM) and, only when
+//! the keys, the signals (SIGWINCH, SIGHUP, SIGINT, SIGTERM, SIGUSR1) and, only when
 //! a frame is owed, a timer: it draws at most `MAX_FPS` frames a second,
 //! only after a change, and wakes for nothing while idle. If the terminal
 //! goes away (SIGHUP, EOF or an error on the tty, a failed draw) the UI
@@ -38,7 +38,7 @@ use ratatui::{
     backend::{Backend, CrosstermBackend},
     Terminal,
 };
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGWINCH};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGWINCH};
 use std::{
     io::{Stdout, Write},
     os::fd::AsRawFd,
@@ -283,7 +283,7 @@ struct SignalThread {
 
 impl SignalThread {
     fn spawn(tx: Sender<i32>) -> Result<SignalThread> {
-        let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM, SIGWINCH])?;
+        let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGWINCH])?;
         let handle = signals.handle();
         let thread = thread::Builder::new().name("vggtrain-signals".into()).spawn(move || {
             register_ui_thread();
