@@ -12,18 +12,7 @@ use std::{
 use vggtrain::control::{CheckpointReason, Command, EpochStats, EvalResult, Event, LrCause, RunInfo};
 use vggtrain::ui::{self, app::App, fmt, input::Input, Channels, Exit};
 
-const FASHION: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+use vggtrain::data::FASHION_MNIST_CLASSES as FASHION;
 
 fn info(classes: &[String], epochs: usize) -> RunInfo {
     RunInfo {

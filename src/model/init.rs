@@ -16,9 +16,10 @@ pub enum InitScheme {
     Glorot,
     /// He et al. (2015): normal with variance 2/fan (fan-out for the
     /// convolutions, as torchvision; fan-in for the hidden FC layers) and
-    /// 1/fan-in for the last layer, which has no ReLU. The default: it keeps
-    /// the activations' scale through all 19 layers, at any width, so every
-    /// configuration trains from scratch.
+    /// 1/fan-in for the last layer, which has no ReLU. The default: the
+    /// logits start within an order of magnitude of 1 for every configuration
+    /// and width (the literal `paper` scheme gives D logits near 1e7), so
+    /// every configuration trains from scratch.
     Kaiming,
 }
 
