@@ -354,7 +354,7 @@ impl<'a> Worker<'a> {
                     model.spec.describe()
                 );
             }
-            model::load_weights(&vs, path)?;
+            model::copy_weights(&vs, &loaded.weights, path)?;
             sgd.load_buffers(loaded.momentum).map_err(anyhow::Error::msg)?;
             state = loaded.state;
         }

@@ -4,7 +4,7 @@ mod init;
 mod weights;
 
 pub use init::InitScheme;
-pub use weights::{load_weights, warm_start_from_a};
+pub use weights::{copy_weights, load_weights, warm_start_from_a};
 
 use serde::{Deserialize, Serialize};
 use std::{fmt, str::FromStr};

@@ -28,7 +28,11 @@ fn copy_checked(dst: &Tensor, src: &Tensor, dst_name: &str, src_name: &str, path
 /// Loads every parameter of `vs` from a safetensors file that names them as
 /// torchvision does (an exported model or a vggtrain checkpoint).
 pub fn load_weights(vs: &VarStore, path: &Path) -> Result<()> {
-    let file = read(path)?;
+    copy_weights(vs, &read(path)?, path)
+}
+
+/// Copies every parameter of `vs` from tensors already read from `path`.
+pub fn copy_weights(vs: &VarStore, file: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     for (name, var) in vs.variables() {
         let src = file
             .get(&name)

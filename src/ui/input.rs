@@ -188,14 +188,8 @@ fn parse_one(b: &[u8], flush: bool) -> Parsed {
                 None => Parsed::Incomplete,
                 Some(&c) => {
                     let code = match c {
-                        b'A' => Some(KeyCode::Up),
-                        b'B' => Some(KeyCode::Down),
-                        b'C' => Some(KeyCode::Right),
-                        b'D' => Some(KeyCode::Left),
-                        b'H' => Some(KeyCode::Home),
-                        b'F' => Some(KeyCode::End),
                         b'P'..=b'S' => Some(KeyCode::F(c - b'P' + 1)),
-                        _ => None,
+                        _ => cursor_key(c),
                     };
                     match code {
                         Some(code) => Parsed::Key(key(code, none), 3),
@@ -277,12 +271,7 @@ fn csi(b: &[u8], flush: bool) -> Parsed {
     let first = nums.next().unwrap_or(1);
     let mods = nums.next().map(modifiers).unwrap_or(KeyModifiers::NONE);
     let code = match b[end] {
-        b'A' => Some(KeyCode::Up),
-        b'B' => Some(KeyCode::Down),
-        b'C' => Some(KeyCode::Right),
-        b'D' => Some(KeyCode::Left),
-        b'H' => Some(KeyCode::Home),
-        b'F' => Some(KeyCode::End),
+        c @ (b'A' | b'B' | b'C' | b'D' | b'H' | b'F') => cursor_key(c),
         b'Z' => return Parsed::Key(key(KeyCode::BackTab, KeyModifiers::SHIFT), end + 1),
         b'~' => match first {
             1 | 7 => Some(KeyCode::Home),
@@ -315,6 +304,19 @@ fn modifiers(p: u8) -> KeyModifiers {
         m |= KeyModifiers::CONTROL;
     }
     m
+}
+
+/// The final byte of an arrow, Home or End sequence (after `ESC [` or `ESC O`).
+fn cursor_key(c: u8) -> Option<KeyCode> {
+    match c {
+        b'A' => Some(KeyCode::Up),
+        b'B' => Some(KeyCode::Down),
+        b'C' => Some(KeyCode::Right),
+        b'D' => Some(KeyCode::Left),
+        b'H' => Some(KeyCode::Home),
+        b'F' => Some(KeyCode::End),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
