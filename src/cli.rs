@@ -54,6 +54,13 @@ pub enum Cmd {
         #[arg(long)]
         runs_dir: Option<PathBuf>,
     },
+    /// Open the TUI on a run in another process (q detaches, the run goes on).
+    Attach {
+        /// The run directory (default: the newest live run).
+        run: Option<PathBuf>,
+        #[arg(long)]
+        runs_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

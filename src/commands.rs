@@ -229,8 +229,10 @@ pub fn runs(dir: Option<PathBuf>) -> Result<()> {
         let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
         let events: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         let kind = |e: &serde_json::Value| e["event"].as_str().unwrap_or("").to_owned();
-        let state = if run_dir::is_live(&run) {
+        let state = if run_dir::is_attachable(&run) {
             "live".to_owned()
+        } else if run_dir::is_live(&run) {
+            "live (no attach)".to_owned()
         } else {
             match events.iter().rev().map(kind).find(|k| k == "finished" || k == "failed") {
                 Some(k) => k,
@@ -257,6 +259,30 @@ pub fn runs(dir: Option<PathBuf>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `vggtrain attach [RUN]`: the TUI on a live run; returns the exit code.
+pub fn attach(run: Option<PathBuf>, runs_dir: Option<PathBuf>) -> Result<i32> {
+    let run = match run {
+        Some(r) => r,
+        None => newest_live_run(&runs_dir.unwrap_or_else(run_dir::default_runs_dir))?,
+    };
+    crate::ui::attach(crate::attach::client::connect(&run)?)
+}
+
+/// The live run started (or resumed) last.
+fn newest_live_run(dir: &Path) -> Result<PathBuf> {
+    std::fs::read_dir(dir)
+        .with_context(|| format!("no runs directory at {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| run_dir::is_attachable(p))
+        .max_by_key(|p| std::fs::metadata(p.join("pid")).and_then(|m| m.modified()).ok())
+        .with_context(|| {
+            format!(
+                "no live run in {}: start one with `vggtrain train`, or name a run directory",
+                dir.display()
+            )
+        })
 }
 
 pub fn bench(a: &crate::cli::BenchCli) -> Result<()> {

@@ -15,10 +15,15 @@ pub enum Command {
         lr: f64,
     },
     SaveCheckpoint,
-    /// Finish the run, saving a checkpoint first when `save`.
+    /// Finish the run, saving a checkpoint first when `save` (the default).
     Stop {
+        #[serde(default = "yes")]
         save: bool,
     },
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +67,26 @@ pub struct RunInfo {
     pub start_epoch: usize,
     pub start_step: usize,
     pub resumed_from: Option<PathBuf>,
+    /// Decays used before this start (non-zero after a resume).
+    #[serde(default)]
+    pub decays_used: u32,
+    /// The epochs finished before this start (a resumed run's past); only
+    /// the last keeps its confusion matrix.
+    #[serde(default)]
+    pub history: Vec<EpochStats>,
+    /// The lr from the run's first step to this start: the initial lr,
+    /// then every change.
+    #[serde(default)]
+    pub lr_history: Vec<LrMark>,
+}
+
+/// The lr as set at `global_step` (in epoch `epoch`, counting finished ones).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LrMark {
+    pub global_step: u64,
+    pub epoch: usize,
+    pub lr: f64,
+    pub cause: LrCause,
 }
 
 /// One validation (or test) pass.
@@ -88,6 +113,17 @@ pub struct EpochStats {
     pub best_top1: f64,
     pub lr: f64,
     pub seconds: f64,
+}
+
+/// Past epochs as a face needs them: the confusion matrix of the last only
+/// (for 1000 classes each is a million counts).
+pub fn compact_history(history: &[EpochStats]) -> Vec<EpochStats> {
+    let mut h = history.to_vec();
+    let n = h.len().saturating_sub(1);
+    for e in &mut h[..n] {
+        e.val.confusion.clear();
+    }
+    h
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
 //! vggtrain: the VGG recipe (Simonyan & Zisserman, 2014) on libtorch, with
 //! a terminal UI to watch and steer a run.
+pub mod attach;
 pub mod bench;
 pub mod cli;
 pub mod commands;

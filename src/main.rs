@@ -30,6 +30,7 @@ fn main() {
             command: ConfigCmd::Show(args),
         } => commands::config_show(&args).map(|_| 0),
         Cmd::Runs { runs_dir } => commands::runs(runs_dir).map(|_| 0),
+        Cmd::Attach { run, runs_dir } => commands::attach(run, runs_dir),
         Cmd::Bench(args) => commands::bench(&args).map(|_| 0),
     };
     match result {

@@ -9,7 +9,8 @@ use std::{
     process::Command as Proc,
     time::{Duration, Instant},
 };
-use vggtrain::control::{CheckpointReason, Command, EpochStats, EvalResult, Event, LrCause, RunInfo};
+use vggtrain::attach::{RunState, Snapshot, Stamped};
+use vggtrain::control::{CheckpointReason, Command, EpochStats, EvalResult, Event, LrCause, LrMark, RunInfo};
 use vggtrain::ui::{self, app::App, fmt, input::Input, Channels, Exit};
 
 use vggtrain::data::FASHION_MNIST_CLASSES as FASHION;
@@ -34,6 +35,9 @@ fn info(classes: &[String], epochs: usize) -> RunInfo {
         start_epoch: 0,
         start_step: 0,
         resumed_from: None,
+        decays_used: 0,
+        history: Vec::new(),
+        lr_history: Vec::new(),
     }
 }
 
@@ -366,7 +370,11 @@ fn keys_map_to_commands() {
     assert_eq!(app.on_key(key('d')), Some(Command::DecayLr));
     assert_eq!(app.on_key(key('s')), Some(Command::SaveCheckpoint));
     has(&render(&app, 80, 24), "saving a checkpoint");
+    assert_eq!(app.on_key(key('z')), None);
+    // x asks the quit question, as q does.
     assert_eq!(app.on_key(key('x')), None);
+    has(&render(&app, 80, 24), "Save a checkpoint first?");
+    assert_eq!(app.on_key(code(KeyCode::Esc)), None);
     // Help lists every key; any key closes it without acting.
     assert_eq!(app.on_key(key('?')), None);
     let s = render(&app, 100, 30);
@@ -414,6 +422,132 @@ fn quit_dialog_enter_saves_and_quits() {
         test: None,
     });
     assert_eq!(app.exit_code(), Some(0));
+}
+
+fn snapshot(events: &[Event]) -> Snapshot {
+    Snapshot {
+        protocol: vggtrain::attach::PROTOCOL,
+        pid: 4242,
+        state: RunState::Running,
+        config: String::new(),
+        info: None,
+        events: events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Stamped {
+                time: 1_700_000_000.0 + i as f64,
+                event: e.clone(),
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn an_attached_app_replays_the_snapshot_and_q_detaches() {
+    let local = app_with(&fixture());
+    let mut app = App::attached(&snapshot(&fixture()));
+    // The same run on screen as in-process.
+    assert_eq!(app.epochs, local.epochs);
+    assert_eq!(app.lr_points, local.lr_points);
+    assert_eq!(
+        app.recent_loss.iter().collect::<Vec<_>>(),
+        local.recent_loss.iter().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        (app.epoch, app.step, app.decays_used),
+        (local.epoch, local.step, local.decays_used)
+    );
+    // Past events are logged at the time they happened.
+    let first = app.log.front().unwrap();
+    assert_eq!(first.time, fmt::clock_at(1_700_000_000.0));
+    let s = render(&app, 100, 30);
+    has(&s, "vggtrain (attached)");
+    has(&s, "x stop");
+    has(&s, "q detach");
+    has(&s, "attached to process 4242");
+    // q leaves the run alone.
+    assert_eq!(app.on_key(key('q')), None);
+    assert!(app.detached());
+    assert_eq!(app.exit_code(), Some(0));
+    // So do the signals that end the viewer.
+    let mut app = App::attached(&snapshot(&fixture()));
+    assert_eq!(app.on_signal(libc::SIGTERM), None);
+    assert!(app.detached());
+    assert_eq!(app.exit_code(), Some(0));
+}
+
+#[test]
+fn an_attached_app_stops_the_run_only_when_asked_with_x() {
+    let mut app = App::attached(&snapshot(&fixture()));
+    assert_eq!(app.on_key(key('x')), None);
+    let s = render(&app, 100, 30);
+    has(&s, "Stop the run");
+    has(&s, "save a checkpoint, then stop");
+    has(&s, "stop without saving");
+    assert_eq!(app.on_key(code(KeyCode::Enter)), Some(Command::Stop { save: true }));
+    assert_eq!(app.exit_code(), None, "waits for the run to end");
+    app.update(&Event::Finished {
+        reason: "stopped by the user".into(),
+        test: None,
+    });
+    assert_eq!(app.exit_code(), Some(0));
+    assert!(!app.detached());
+    // A connection that closes without a result says so.
+    let mut app = App::attached(&snapshot(&fixture()));
+    app.engine_gone();
+    assert!(app.is_ended());
+    has(&render(&app, 100, 30), "connection to the run closed");
+    app.on_key(key('q'));
+    assert_eq!(app.exit_code(), Some(1));
+}
+
+#[test]
+fn a_resumed_run_shows_its_past_epochs_and_lr_changes() {
+    let past = |n: usize, per_class: &[f64]| EpochStats {
+        epoch: n,
+        train_loss: 1.0,
+        train_acc: 0.7,
+        val: eval(per_class, 9),
+        best_top1: 0.8,
+        lr: 1e-2,
+        seconds: 30.0,
+    };
+    let mut older = past(1, &E1);
+    older.val.confusion.clear();
+    let app = app_with(&[Event::Started(RunInfo {
+        start_epoch: 2,
+        lr: 1e-3,
+        decays_used: 1,
+        resumed_from: Some("/runs/demo/checkpoints/ckpt-0000000200.safetensors".into()),
+        history: vec![older, past(2, &E2)],
+        lr_history: vec![
+            LrMark {
+                global_step: 0,
+                epoch: 0,
+                lr: 1e-2,
+                cause: LrCause::Schedule,
+            },
+            LrMark {
+                global_step: 200,
+                epoch: 2,
+                lr: 1e-3,
+                cause: LrCause::Plateau,
+            },
+        ],
+        ..info(&fashion(), 10)
+    })]);
+    assert_eq!(app.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(app.lr_points.len(), 2);
+    assert_eq!(app.lr_points[1].old, 1e-2);
+    assert_eq!(app.lr_points[1].cause, Some(LrCause::Plateau));
+    // The last epoch's classes, its change from the one before, its pairs.
+    assert_eq!(app.last_val.as_ref().unwrap().per_class, E2.to_vec());
+    assert_eq!(app.prev_per_class.as_deref(), Some(&E1[..]));
+    assert!(!app.confused.is_empty());
+    let s = render(&app, 120, 40);
+    has(&s, "1/3 decays");
+    has(&s, "epoch 3/10");
+    has(&s, "plateau");
 }
 
 #[test]
@@ -1030,4 +1164,74 @@ fn tmux_hangup_keeps_training_headless() {
     assert!(metrics.contains("\"event\":\"finished\""), "{metrics}");
     assert!(metrics.contains("\"reason\":\"3 epochs done\""), "{metrics}");
     assert!(!run.join("pid").exists());
+}
+
+/// Ends a training process a failed test leaves behind.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if alive(self.0) {
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn tmux_hangup_then_attach_from_another_session_and_detach() {
+    if !tmux_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let bin = env!("CARGO_BIN_EXE_vggtrain");
+    let cmd = format!(
+        "exec {bin} train --model A --width 8 --subset 2000 --epochs 1000 --batch-size 64 --device cpu --set train.patience=1000 --set train.threads=1 --set data.val-size=256 --set data.test-subset=256 --runs-dir {} --name away",
+        dir.display(),
+    );
+    let t = Tmux::start("away", &cmd, 100, 30);
+    let run = dir.join("away");
+    t.wait_for("the run to start", 300, |s| s.contains("epoch 1/1000"));
+    let pid: u32 = std::fs::read_to_string(run.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _kill = KillOnDrop(pid);
+    // The SSH session drops: the terminal goes away, training goes on.
+    drop(t);
+    wait_until("the key reader to end", 60, || {
+        !thread_names(pid).iter().any(|n| n == "vggtrain-input")
+    });
+    assert!(alive(pid), "the run died with its terminal");
+    // From a new session: the newest live run, on the same TUI.
+    let attach = format!(
+        "{bin} attach --runs-dir {}; echo EXIT=$? > {}",
+        dir.display(),
+        dir.join("attach-exit").display()
+    );
+    let a = Tmux::start("back", &attach, 100, 30);
+    let s = a.wait_for("the attached TUI", 120, |s| {
+        s.contains("vggtrain (attached)") && s.contains("away") && s.contains("img/s")
+    });
+    has(&s, "q detach");
+    // It steers the run: pause, confirmed by the engine.
+    a.keys(&["p"]);
+    a.wait_for("the engine to confirm the pause", 120, |s| {
+        header(s).contains("paused") && !s.contains("pausing")
+    });
+    a.keys(&["q"]);
+    wait_until("attach to exit", 60, || dir.join("attach-exit").is_file());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("attach-exit")).unwrap().trim(),
+        "EXIT=0"
+    );
+    // Detached: the run is still there, still paused, and can be stopped.
+    assert!(alive(pid), "detaching ended the run");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"event\":\"paused\""), "{metrics}");
+    assert!(!metrics.contains("\"event\":\"finished\""), "{metrics}");
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    wait_until("the run to exit", 120, || !alive(pid));
+    assert!(!run.join("control.sock").exists());
 }

@@ -7,8 +7,9 @@ pub mod run_dir;
 pub mod schedule;
 pub mod sgd;
 
+use crate::attach::{self, server::Hub};
 use crate::config::{Config, Precision};
-use crate::control::{CheckpointReason, Command, EpochStats, Event, LrCause, RunInfo};
+use crate::control::{self, CheckpointReason, Command, EpochStats, Event, LrCause, LrMark, RunInfo};
 use crate::data::{self, augment::Augment, folder, Dataset, Source};
 use crate::model::{self, Vgg};
 use anyhow::{bail, Result};
@@ -20,6 +21,7 @@ use sgd::Sgd;
 use std::{
     panic::{catch_unwind, AssertUnwindSafe},
     path::{Path, PathBuf},
+    sync::Arc,
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -161,10 +163,12 @@ impl EngineHandle {
 /// Events go to the run directory first, then to the face, which may be
 /// slow or gone: step events are dropped when its queue is full, the others
 /// wait briefly.
+/// Attached clients get every event through the hub, which never blocks.
 struct Sink {
     tx: Sender<Event>,
     run: RunDir,
     disk_warned: bool,
+    hub: Option<Arc<Hub>>,
 }
 
 impl Sink {
@@ -179,6 +183,9 @@ impl Sink {
                     ),
                 });
             }
+        }
+        if let Some(hub) = &self.hub {
+            hub.publish(&e);
         }
         if matches!(e, Event::Step { .. }) {
             let _ = self.tx.try_send(e);
@@ -197,6 +204,13 @@ pub fn spawn(config: Config, resume: Option<&Path>) -> Result<EngineHandle> {
     resolve_device(&config.train.device)?;
     let (resume_from, run) = match resume {
         Some(dir) => {
+            if run_dir::is_live(dir) {
+                bail!(
+                    "{} is running in another process: `vggtrain attach {}` to watch and steer it",
+                    dir.display(),
+                    dir.display()
+                );
+            }
             let ckpt = newest_checkpoint(dir)?;
             (Some(ckpt), RunDir::open(dir)?)
         }
@@ -205,6 +219,20 @@ pub fn spawn(config: Config, resume: Option<&Path>) -> Result<EngineHandle> {
     let run_dir = run.path.clone();
     let (cmd_tx, cmd_rx) = unbounded();
     let (ev_tx, ev_rx) = bounded(4096);
+    // Attaching is a convenience: a run starts without it, and says why.
+    let (hub, note) = match Hub::start(&run.path, config.to_toml(), cmd_tx.clone()) {
+        Ok((hub, stale)) => (
+            Some(hub),
+            stale.then(|| "replaced the control socket left by an earlier process of this run".to_owned()),
+        ),
+        Err(e) => (
+            None,
+            Some(format!(
+                "warning: attaching is off for this run: cannot listen on {}: {e}",
+                attach::socket_path(&run.path).display()
+            )),
+        ),
+    };
     let thread = std::thread::Builder::new()
         .name("vggtrain-engine".into())
         .spawn(move || {
@@ -212,7 +240,11 @@ pub fn spawn(config: Config, resume: Option<&Path>) -> Result<EngineHandle> {
                 tx: ev_tx,
                 run,
                 disk_warned: false,
+                hub,
             };
+            if let Some(message) = note {
+                sink.emit(Event::Log { message });
+            }
             let outcome = catch_unwind(AssertUnwindSafe(|| {
                 Worker::run(&config, resume_from, &cmd_rx, &mut sink)
             }));
@@ -231,6 +263,9 @@ pub fn spawn(config: Config, resume: Option<&Path>) -> Result<EngineHandle> {
                 sink.emit(Event::Failed { message });
             }
             sink.run.close();
+            if let Some(hub) = &sink.hub {
+                hub.close();
+            }
         })?;
     Ok(EngineHandle {
         commands: cmd_tx,
@@ -392,6 +427,18 @@ impl<'a> Worker<'a> {
             start_epoch: state.epoch,
             start_step: state.step,
             resumed_from: resume.clone(),
+            decays_used: state.schedule.decays_used,
+            history: control::compact_history(&state.history),
+            lr_history: state
+                .lr_timeline
+                .iter()
+                .map(|&(global_step, epoch, lr, cause)| LrMark {
+                    global_step,
+                    epoch,
+                    lr,
+                    cause,
+                })
+                .collect(),
         };
         sink.emit(Event::Started(info));
         let mut w = Worker {

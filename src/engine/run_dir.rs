@@ -127,6 +127,11 @@ fn restrict(path: &Path) {
     let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
 }
 
+/// Whether a run is live and listening for `vggtrain attach`.
+pub fn is_attachable(run: &Path) -> bool {
+    is_live(run) && crate::attach::socket_path(run).exists()
+}
+
 /// Whether a run's process is still alive.
 pub fn is_live(run: &Path) -> bool {
     fs::read_to_string(run.join("pid"))

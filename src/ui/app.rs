@@ -3,7 +3,8 @@
 //! lives in `panels`; nothing here touches the terminal.
 use super::fmt;
 use super::history::{Downsampled, Recent};
-use crate::control::{CheckpointReason, Command, EvalResult, Event, LrCause, RunInfo};
+use crate::attach::Snapshot;
+use crate::control::{CheckpointReason, Command, EpochStats, EvalResult, Event, LrCause, RunInfo};
 use crate::headless::{EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use std::{cell::Cell, collections::VecDeque, path::PathBuf};
@@ -197,6 +198,12 @@ pub struct App {
     pub no_color: bool,
     /// The exit code a signal asked for (130, 143).
     pub signal_code: Option<i32>,
+    /// Attached over a run's socket: the pid of the process that trains.
+    pub attached: Option<u32>,
+    /// The user detached (the run goes on).
+    detached: bool,
+    /// The time the log gives new entries while a snapshot replays.
+    log_time: Option<String>,
     quit: bool,
     force_armed: bool,
     force_quit: bool,
@@ -252,6 +259,9 @@ impl App {
             last_checkpoint: None,
             no_color: false,
             signal_code: None,
+            attached: None,
+            detached: false,
+            log_time: None,
             quit: false,
             force_armed: false,
             force_quit: false,
@@ -278,7 +288,7 @@ impl App {
             self.log.pop_front();
         }
         self.log.push_back(LogEntry {
-            time: fmt::clock(),
+            time: self.log_time.clone().unwrap_or_else(fmt::clock),
             kind,
             text: text.into(),
         });
@@ -301,15 +311,36 @@ impl App {
                 self.epoch = info.start_epoch + 1;
                 self.step = info.start_step;
                 self.global_step = (info.start_epoch * info.steps_per_epoch + info.start_step) as u64;
-                let x = self.global_step as f64 / info.steps_per_epoch.max(1) as f64;
-                self.lr_points = vec![LrPoint {
-                    x,
-                    lr: info.lr,
-                    old: info.lr,
-                    cause: None,
-                    epoch: info.start_epoch,
-                    global_step: self.global_step,
-                }];
+                self.decays_used = info.decays_used;
+                let per_epoch = info.steps_per_epoch.max(1) as f64;
+                self.lr_points = info
+                    .lr_history
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| LrPoint {
+                        x: m.global_step as f64 / per_epoch,
+                        lr: m.lr,
+                        old: info.lr_history[i.saturating_sub(1)].lr,
+                        cause: (i > 0).then_some(m.cause),
+                        epoch: m.epoch,
+                        global_step: m.global_step,
+                    })
+                    .collect();
+                if self.lr_points.is_empty() {
+                    self.lr_points.push(LrPoint {
+                        x: self.global_step as f64 / per_epoch,
+                        lr: info.lr,
+                        old: info.lr,
+                        cause: None,
+                        epoch: info.start_epoch,
+                        global_step: self.global_step,
+                    });
+                }
+                self.epochs.clear();
+                self.last_val = None;
+                for e in &info.history {
+                    self.push_epoch(e);
+                }
                 if self.engine == EngineState::Starting {
                     self.engine = EngineState::Running;
                 }
@@ -368,20 +399,7 @@ impl App {
             Event::Epoch(s) => {
                 self.epoch = s.epoch;
                 self.step = self.info.as_ref().map(|i| i.steps_per_epoch).unwrap_or(self.step);
-                self.prev_per_class = self.last_val.take().map(|v| v.per_class);
-                self.confused = confused_pairs(&s.val.confusion, CONFUSED_PAIRS);
-                self.epochs.push(EpochPoint {
-                    epoch: s.epoch,
-                    train_loss: s.train_loss,
-                    train_acc: s.train_acc,
-                    val_loss: s.val.loss,
-                    top1: s.val.top1,
-                    top5: s.val.top5,
-                    best_top1: s.best_top1,
-                    lr: s.lr,
-                    seconds: s.seconds,
-                });
-                self.last_val = Some(s.val.clone());
+                self.push_epoch(s);
             }
             Event::LrChanged {
                 old,
@@ -475,12 +493,56 @@ impl App {
         }
     }
 
+    fn push_epoch(&mut self, s: &EpochStats) {
+        self.prev_per_class = self.last_val.take().map(|v| v.per_class);
+        if !s.val.confusion.is_empty() {
+            self.confused = confused_pairs(&s.val.confusion, CONFUSED_PAIRS);
+        }
+        self.epochs.push(EpochPoint {
+            epoch: s.epoch,
+            train_loss: s.train_loss,
+            train_acc: s.train_acc,
+            val_loss: s.val.loss,
+            top1: s.val.top1,
+            top5: s.val.top5,
+            best_top1: s.best_top1,
+            lr: s.lr,
+            seconds: s.seconds,
+        });
+        self.last_val = Some(s.val.clone());
+    }
+
+    /// An App attached to a run: the snapshot's events replayed, each logged
+    /// at the time it happened.
+    pub fn attached(snapshot: &Snapshot) -> App {
+        let mut app = App::new();
+        app.attached = Some(snapshot.pid);
+        for s in &snapshot.events {
+            app.log_time = Some(fmt::clock_at(s.time));
+            app.update(&s.event);
+        }
+        app.log_time = None;
+        app.log(
+            LogKind::Info,
+            format!(
+                "attached to process {}: q detaches (the run goes on), x stops the run",
+                snapshot.pid
+            ),
+        );
+        app
+    }
+
     /// The engine's event channel closed.
     pub fn engine_gone(&mut self) {
         if !self.is_ended() {
             self.engine = EngineState::Ended;
             self.want_paused = None;
-            self.log(LogKind::Error, "the engine ended without a result");
+            let why = if self.attached.is_some() {
+                "the connection to the run closed without a result"
+            } else {
+                "the engine ended without a result"
+            };
+            self.log(LogKind::Error, why);
         }
     }
 
@@ -548,7 +610,13 @@ impl App {
                 _ => None,
             };
         }
-        if ctrl_c || matches!(k.code, KeyCode::Char('q') | KeyCode::Char('Q')) {
+        let quit_key = ctrl_c || matches!(k.code, KeyCode::Char('q') | KeyCode::Char('Q'));
+        if quit_key && self.attached.is_some() {
+            self.detached = !self.is_ended();
+            self.quit = true;
+            return None;
+        }
+        if quit_key {
             if self.is_ended() {
                 self.quit = true;
             } else if self.stopping.is_some() {
@@ -582,6 +650,10 @@ impl App {
                 }
             }
             KeyCode::Char('d') | KeyCode::Char('D') if live => Some(Command::DecayLr),
+            KeyCode::Char('x') | KeyCode::Char('X') if live => {
+                self.dialog = Some(Dialog::Quit);
+                None
+            }
             KeyCode::Char('s') | KeyCode::Char('S') if live => {
                 self.log(LogKind::Checkpoint, "saving a checkpoint…");
                 Some(Command::SaveCheckpoint)
@@ -654,6 +726,14 @@ impl App {
     /// SIGUSR1: save a checkpoint, as headless. SIGINT / SIGTERM: save and
     /// stop (no dialog), then exit 130 / 143.
     pub fn on_signal(&mut self, sig: i32) -> Option<Command> {
+        if self.attached.is_some() {
+            // Signals end this viewer, never the run.
+            if matches!(sig, libc::SIGINT | libc::SIGTERM | libc::SIGHUP) {
+                self.detached = !self.is_ended();
+                self.quit = true;
+            }
+            return None;
+        }
         if sig == libc::SIGUSR1 {
             return (!self.is_ended()).then_some(Command::SaveCheckpoint);
         }
@@ -708,6 +788,9 @@ impl App {
     /// The exit code once the UI should end: the user quit after the run
     /// ended, or the run ended after the user asked it to stop.
     pub fn exit_code(&self) -> Option<i32> {
+        if self.detached {
+            return Some(EXIT_OK);
+        }
         let failed = matches!(self.engine, EngineState::Failed | EngineState::Ended);
         let code = || {
             if failed {
@@ -720,6 +803,11 @@ impl App {
             return Some(self.signal_code.unwrap_or(EXIT_SIGINT));
         }
         (self.is_ended() && (self.quit || self.stopping.is_some() || self.signal_code.is_some())).then(code)
+    }
+
+    /// The user detached from an attached run (which goes on).
+    pub fn detached(&self) -> bool {
+        self.detached
     }
 
     /// Whether the exit is a forced one (the engine is not waited for).

@@ -45,10 +45,17 @@ pub fn loss(v: f64) -> String {
 
 /// Local wall-clock time "HH:MM:SS".
 pub fn clock() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as libc::time_t)
-        .unwrap_or(0);
+    clock_at(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+    )
+}
+
+/// "14:03:59" (local time) of a Unix time in seconds.
+pub fn clock_at(unix: f64) -> String {
+    let now = unix.max(0.0) as libc::time_t;
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: `now` and `tm` are valid for the call; localtime_r is thread-safe.
     if unsafe { libc::localtime_r(&now, &mut tm) }.is_null() {

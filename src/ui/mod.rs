@@ -23,10 +23,11 @@ pub mod theme;
 
 pub use app::App;
 
+use crate::attach::client::Connection;
 use crate::control::{Command, Event};
 use crate::engine::EngineHandle;
 use crate::headless::{EXIT_FAILED, EXIT_OK};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use crossbeam_channel::{after, never, select, unbounded, Receiver, Sender};
 use crossterm::{
     cursor::{Hide, Show},
@@ -266,15 +267,6 @@ fn enter_terminal() -> std::io::Result<Terminal<CrosstermBackend<Stdout>>> {
     Terminal::new(CrosstermBackend::new(std::io::stdout()))
 }
 
-/// Restores the terminal when dropped (error paths included).
-struct Restore;
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        restore_terminal();
-    }
-}
-
 /// Signals to a channel, from a thread of their own; `close` ends it.
 struct SignalThread {
     handle: signal_hook::iterator::Handle,
@@ -307,56 +299,96 @@ impl SignalThread {
     }
 }
 
+/// The real terminal while the UI has it: the screen, the keys and the
+/// signals.
+struct Screen {
+    terminal: Terminal<CrosstermBackend<Stdout>>,
+    reader: input::Reader,
+    keys: Receiver<Input>,
+    signals: SignalThread,
+    sigs: Receiver<i32>,
+}
+
+impl Screen {
+    /// Takes the terminal (and sends stderr to `stderr_to` meanwhile); on
+    /// failure whatever was started is undone.
+    fn open(stderr_to: Option<&Path>) -> Result<(Screen, Option<PathBuf>)> {
+        install_panic_hook();
+        register_ui_thread();
+        let (sig_tx, sigs) = unbounded();
+        let signals = SignalThread::spawn(sig_tx)?;
+        let (in_tx, keys) = unbounded();
+        let reader = match input::Reader::spawn(in_tx) {
+            Ok(r) => r,
+            Err(e) => {
+                signals.close();
+                anyhow::bail!("no terminal to read keys from ({e})");
+            }
+        };
+        let stderr_log = stderr_to.and_then(redirect_stderr);
+        match enter_terminal() {
+            Ok(terminal) => Ok((
+                Screen {
+                    terminal,
+                    reader,
+                    keys,
+                    signals,
+                    sigs,
+                },
+                stderr_log,
+            )),
+            Err(e) => {
+                restore_terminal();
+                reader.stop();
+                signals.close();
+                anyhow::bail!("cannot start the terminal UI ({e})");
+            }
+        }
+    }
+
+    /// The loop on this terminal; a panic in it is caught (the hook has
+    /// restored the terminal and printed it).
+    fn run(&mut self, app: &mut App, events: &Receiver<Event>, commands: &Sender<Command>) -> thread::Result<Exit> {
+        let ch = Channels {
+            events,
+            commands,
+            input: &self.keys,
+            signals: &self.sigs,
+        };
+        catch_unwind(AssertUnwindSafe(|| run_loop(&mut self.terminal, app, &ch)))
+    }
+
+    /// Gives the terminal back; the signals go on being caught.
+    fn close(self, gone: bool) -> (SignalThread, Receiver<i32>) {
+        // A terminal that is gone must not be touched again: ratatui's Drop
+        // shows the cursor and eprintln!s the failure, which panics on a dead
+        // tty. Otherwise it goes first, while stderr still points at the file.
+        if gone {
+            std::mem::forget(self.terminal);
+        } else {
+            drop(self.terminal);
+        }
+        restore_terminal();
+        self.reader.stop();
+        (self.signals, self.sigs)
+    }
+}
+
 /// Runs the TUI until the user quits (or the engine ends after the user
 /// asked it to stop); returns the process exit code. Without a usable
 /// terminal it runs headless.
 pub fn run(handle: EngineHandle) -> Result<i32> {
     let no_color = theme::no_color_from_env();
-    install_panic_hook();
-    register_ui_thread();
-    let (sig_tx, sig_rx) = unbounded();
-    let signals = SignalThread::spawn(sig_tx)?;
-    let (in_tx, in_rx) = unbounded();
-    let reader = match input::Reader::spawn(in_tx) {
-        Ok(r) => r,
+    let (mut screen, stderr_log) = match Screen::open(Some(&handle.run_dir.join("tui-stderr.log"))) {
+        Ok(s) => s,
         Err(e) => {
-            signals.close();
-            eprintln!("vggtrain: no terminal to read keys from ({e}); running headless");
-            return Ok(crate::headless::run(handle));
-        }
-    };
-    let stderr_log = redirect_stderr(&handle.run_dir.join("tui-stderr.log"));
-    let guard = Restore;
-    let mut terminal = match enter_terminal() {
-        Ok(t) => t,
-        Err(e) => {
-            drop(guard);
-            reader.stop();
-            signals.close();
-            eprintln!("vggtrain: cannot start the terminal UI ({e}); running headless");
+            eprintln!("vggtrain: {e:#}; running headless");
             return Ok(crate::headless::run(handle));
         }
     };
     let mut app = App::new().with_no_color(no_color);
-    let outcome = {
-        let ch = Channels {
-            events: &handle.events,
-            commands: &handle.commands,
-            input: &in_rx,
-            signals: &sig_rx,
-        };
-        catch_unwind(AssertUnwindSafe(|| run_loop(&mut terminal, &mut app, &ch)))
-    };
-    // A terminal that is gone must not be touched again: ratatui's Drop
-    // shows the cursor and eprintln!s the failure, which panics on a dead
-    // tty. Otherwise it goes first, while stderr still points at the file.
-    if matches!(outcome, Ok(Exit::TerminalGone)) {
-        std::mem::forget(terminal);
-    } else {
-        drop(terminal);
-    }
-    drop(guard);
-    reader.stop();
+    let outcome = screen.run(&mut app, &handle.events, &handle.commands);
+    let (signals, sig_rx) = screen.close(matches!(outcome, Ok(Exit::TerminalGone)));
     let code = match outcome {
         Ok(Exit::Quit(code)) => {
             signals.close();
@@ -373,7 +405,7 @@ pub fn run(handle: EngineHandle) -> Result<i32> {
             unsafe { libc::_exit(code) }
         }
         Ok(Exit::TerminalGone) => {
-            // Nobody can resume a paused run now.
+            // Keep training: a paused run would wait for an attach.
             handle.send(Command::Resume);
             let code = drain(&handle.events, &handle.commands, &sig_rx, &mut app);
             signals.close();
@@ -396,11 +428,39 @@ pub fn run(handle: EngineHandle) -> Result<i32> {
     Ok(code)
 }
 
+/// The TUI on a run in another process (`vggtrain attach`): quitting
+/// detaches, and the run goes on.
+pub fn attach(conn: Connection) -> Result<i32> {
+    let mut app = App::attached(&conn.snapshot).with_no_color(theme::no_color_from_env());
+    let (mut screen, _) = Screen::open(None).context("vggtrain attach needs a terminal")?;
+    let outcome = screen.run(&mut app, &conn.events, &conn.commands);
+    let (signals, _) = screen.close(matches!(outcome, Ok(Exit::TerminalGone)));
+    signals.close();
+    Ok(match outcome {
+        Ok(Exit::Quit(code) | Exit::Forced(code)) => {
+            report(&app, None);
+            code
+        }
+        Ok(Exit::TerminalGone) => EXIT_OK,
+        Err(_) => {
+            eprintln!("vggtrain: the terminal UI crashed; the run goes on");
+            EXIT_FAILED
+        }
+    })
+}
+
 /// The final lines on the normal screen after the TUI closes.
 fn report(app: &App, stderr_log: Option<&Path>) {
     let mut out = std::io::stdout().lock();
     if let Some(i) = &app.info {
         let _ = writeln!(out, "run {}", i.run_dir.display());
+        if app.detached() {
+            let _ = writeln!(
+                out,
+                "detached: the run goes on; `vggtrain attach {}` to come back",
+                i.run_dir.display()
+            );
+        }
     }
     if let Some(e) = app
         .log

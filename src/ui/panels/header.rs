@@ -38,7 +38,12 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
     // Line 1: what runs where, and the state on the right.
     let badge = format!(" {} ", app.state_label());
     let badge_w = badge.chars().count();
-    let mut first = vec![Span::styled("vggtrain", theme.title())];
+    let title = if app.attached.is_some() {
+        "vggtrain (attached)"
+    } else {
+        "vggtrain"
+    };
+    let mut first = vec![Span::styled(title, theme.title())];
     match &app.info {
         Some(i) => {
             let dataset = if w >= 140 {

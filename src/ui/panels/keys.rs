@@ -9,12 +9,21 @@ use ratatui::{
 
 /// (key, what it does) pairs for the current state.
 pub fn hints(app: &App) -> Vec<(&'static str, &'static str)> {
+    let attached = app.attached.is_some();
     if app.dialog == Some(Dialog::Quit) {
-        return vec![
-            ("Enter", "save & quit"),
-            ("n", "quit without saving"),
-            ("Esc", "cancel"),
-        ];
+        return if attached {
+            vec![
+                ("Enter", "save & stop"),
+                ("n", "stop without saving"),
+                ("Esc", "cancel"),
+            ]
+        } else {
+            vec![
+                ("Enter", "save & quit"),
+                ("n", "quit without saving"),
+                ("Esc", "cancel"),
+            ]
+        };
     }
     if app.show_help {
         return vec![("any key", "close help")];
@@ -35,23 +44,25 @@ pub fn hints(app: &App) -> Vec<(&'static str, &'static str)> {
     }
     if app.stopping.is_some() {
         return vec![
-            ("q", "quit at once (twice)"),
+            if attached {
+                ("q", "detach")
+            } else {
+                ("q", "quit at once (twice)")
+            },
             ("?", "help"),
             ("tab", "focus"),
             ("↑↓", "scroll"),
         ];
     }
     let pause = if app.shows_paused() { "resume" } else { "pause" };
-    vec![
-        ("p", pause),
-        ("d", "decay lr"),
-        ("s", "save"),
-        ("q", "quit"),
-        ("?", "help"),
-        ("tab", "focus"),
-        ("↑↓", "scroll"),
-        ("o", "order"),
-    ]
+    let mut hints = vec![("p", pause), ("d", "decay lr"), ("s", "save")];
+    if attached {
+        hints.extend([("x", "stop"), ("q", "detach")]);
+    } else {
+        hints.push(("q", "quit"));
+    }
+    hints.extend([("?", "help"), ("tab", "focus"), ("↑↓", "scroll"), ("o", "order")]);
+    hints
 }
 
 pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {

@@ -21,6 +21,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("  n", "  quit without saving"),
     ("  Esc", "  cancel"),
     ("q q", "while stopping: quit at once, without waiting"),
+    ("x", "stop the run (the same question as q)"),
+    ("q (attached)", "detach: the run goes on; x stops it"),
     ("tab, →", "focus the next panel (classes, confused pairs, events)"),
     ("shift-tab, ←", "focus the previous panel"),
     ("↑ ↓, j k", "scroll the focused panel"),
@@ -68,7 +70,12 @@ pub fn help(_app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
 
 pub fn quit_dialog(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
     let r = centered(area, 52, 7);
-    let inner = boxed(" Quit ", r, buf, theme);
+    let (title, verb) = if app.attached.is_some() {
+        (" Stop the run ", "stop")
+    } else {
+        (" Quit ", "quit")
+    };
+    let inner = boxed(title, r, buf, theme);
     let last = app
         .last_checkpoint
         .as_ref()
@@ -79,11 +86,11 @@ pub fn quit_dialog(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
         Line::styled(format!(" {}", fmt::fit(&last, inner.width as usize - 2)), theme.dim()),
         Line::from(vec![
             Span::styled(" Enter", theme.key()),
-            Span::raw("  save a checkpoint, then quit"),
+            Span::raw(format!("  save a checkpoint, then {verb}")),
         ]),
         Line::from(vec![
             Span::styled(" n    ", theme.key()),
-            Span::raw("  quit without saving"),
+            Span::raw(format!("  {verb} without saving")),
         ]),
         Line::from(vec![
             Span::styled(" Esc  ", theme.key()),
