@@ -12,15 +12,8 @@ use vggtrain::attach::{self, client, Frame, RunState};
 use vggtrain::control::{self, CheckpointReason, Event};
 use vggtrain::ui::app::App;
 
-const FASHION: &str = "/usr/share/datasets/fashion-mnist";
-
-fn have_data() -> bool {
-    let ok = Path::new(FASHION).join("train-images-idx3-ubyte.gz").is_file();
-    if !ok {
-        eprintln!("skipped: Fashion-MNIST is not installed in {FASHION} (apt-get install dataset-fashion-mnist)");
-    }
-    ok
-}
+mod common;
+use common::{have_data, wait_until};
 
 /// One training process at a time, on one thread: two cores oversubscribed
 /// by several libtorch processes crawl.
@@ -82,17 +75,6 @@ fn start(runs: &Path, name: &str, batch: &str, extra: &[&str]) -> Run {
         .expect("vggtrain starts")
 }
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(180),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 struct Client {
     r: BufReader<UnixStream>,
     w: UnixStream,
@@ -101,7 +83,7 @@ struct Client {
 impl Client {
     fn connect(run: &Path) -> Client {
         let sock = attach::socket_path(run);
-        wait_until("the control socket", || UnixStream::connect(&sock).is_ok());
+        wait_until("the control socket", 180, || UnixStream::connect(&sock).is_ok());
         let w = UnixStream::connect(&sock).unwrap();
         w.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
         Client {

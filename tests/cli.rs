@@ -3,10 +3,10 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
 };
 
-const FASHION: &str = "/usr/share/datasets/fashion-mnist";
+mod common;
+use common::{have_data, wait_until, FASHION};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vggtrain"))
@@ -22,14 +22,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-fn have_data() -> bool {
-    let ok = Path::new(FASHION).join("train-images-idx3-ubyte.gz").is_file();
-    if !ok {
-        eprintln!("skipped: Fashion-MNIST is not installed in {FASHION} (apt-get install dataset-fashion-mnist)");
-    }
-    ok
 }
 
 /// A tiny headless run's arguments.
@@ -61,17 +53,6 @@ fn tiny(runs: &Path, name: &str, epochs: &str) -> Vec<String> {
     .map(|s| s.to_string())
     .chain([runs.display().to_string()])
     .collect()
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn metrics(run: &Path) -> Vec<serde_json::Value> {
@@ -214,10 +195,12 @@ fn sigusr1_checkpoints_and_sigterm_checkpoints_then_exits_143() {
     let runs = tempfile::tempdir().unwrap();
     let run = runs.path().join("sig");
     let mut child = spawn_logged(tiny(runs.path(), "sig", "1000"), &runs.path().join("stderr"));
-    wait_until("training steps", || metrics(&run).iter().any(|e| e["event"] == "step"));
+    wait_until("training steps", 120, || {
+        metrics(&run).iter().any(|e| e["event"] == "step")
+    });
 
     signal(&child, libc::SIGUSR1);
-    wait_until("a checkpoint from SIGUSR1", || {
+    wait_until("a checkpoint from SIGUSR1", 120, || {
         metrics(&run)
             .iter()
             .any(|e| e["event"] == "checkpoint-saved" && e["reason"] == "key")
@@ -248,7 +231,9 @@ fn sigint_exits_130_and_resume_continues() {
     let runs = tempfile::tempdir().unwrap();
     let run = runs.path().join("int");
     let mut child = spawn_logged(tiny(runs.path(), "int", "1000"), &runs.path().join("stderr"));
-    wait_until("training steps", || metrics(&run).iter().any(|e| e["event"] == "step"));
+    wait_until("training steps", 120, || {
+        metrics(&run).iter().any(|e| e["event"] == "step")
+    });
     signal(&child, libc::SIGINT);
     assert_eq!(child.wait().unwrap().code(), Some(130));
 

@@ -9,6 +9,8 @@ use std::{
     process::Command as Proc,
     time::{Duration, Instant},
 };
+mod common;
+use common::{have_data, wait_until};
 use vggtrain::attach::{RunState, Snapshot, Stamped};
 use vggtrain::control::{CheckpointReason, Command, EpochStats, EvalResult, Event, LrCause, LrMark, RunInfo};
 use vggtrain::ui::{self, app::App, fmt, input::Input, Channels, Exit};
@@ -992,8 +994,7 @@ impl Drop for Tmux {
 }
 
 fn tmux_available() -> bool {
-    if !Path::new("/usr/share/datasets/fashion-mnist").is_dir() {
-        eprintln!("skipped: /usr/share/datasets/fashion-mnist is absent");
+    if !have_data() {
         return false;
     }
     if Proc::new("tmux").arg("-V").output().is_err() {
@@ -1001,14 +1002,6 @@ fn tmux_available() -> bool {
         return false;
     }
     true
-}
-
-fn wait_until(what: &str, secs: u64, pred: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !pred() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn periodic_checkpoints(run: &Path) -> Vec<PathBuf> {

@@ -6,7 +6,8 @@
 //! - `input`: the key reader thread (poll(2) on the tty; it ends cleanly
 //!   when the terminal goes away);
 //! - this file: the loop, generic over the ratatui backend (tests use
-//!   `TestBackend`), and the terminal's set-up and restoration.
+//!   `TestBackend`), and the terminal's set-up and restoration, for a run in
+//!   this process (`run`) or in another, over its socket (`attach`).
 //!
 //! The loop blocks in `crossbeam_channel::select!` on the engine's events,
 //! the keys, the signals (SIGWINCH, SIGHUP, SIGINT, SIGTERM, SIGUSR1) and, only when
