@@ -229,10 +229,8 @@ pub fn runs(dir: Option<PathBuf>) -> Result<()> {
         let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
         let events: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         let kind = |e: &serde_json::Value| e["event"].as_str().unwrap_or("").to_owned();
-        let state = if run_dir::is_attachable(&run) {
+        let state = if run_dir::is_live(&run) {
             "live".to_owned()
-        } else if run_dir::is_live(&run) {
-            "live (no attach)".to_owned()
         } else {
             match events.iter().rev().map(kind).find(|k| k == "finished" || k == "failed") {
                 Some(k) => k,

@@ -180,9 +180,14 @@ fn a_client_watches_and_steers_a_headless_run() {
     c.until("a step event", is_step);
     assert!(runs_listing(runs).contains("live"), "{}", runs_listing(runs));
 
-    // Pause: accepted, then confirmed by the engine; no step after it.
+    // Pause: accepted, then confirmed by the engine.
     c.send(br#"{"command":"pause"}"#);
-    c.until("the pause", |f| is_event(f, |e| matches!(e, Event::Paused)));
+    let seen = c.until("the pause", |f| is_event(f, |e| matches!(e, Event::Paused)));
+    let accepted = seen.iter().position(|f| matches!(f, Frame::Accepted { .. }));
+    assert!(
+        accepted.is_some_and(|i| i + 1 < seen.len()),
+        "accepted after its effect: {seen:?}"
+    );
     // A second client sees the paused run in its snapshot.
     let mut second = Client::connect(&run);
     let s2 = second.snapshot();
@@ -236,6 +241,17 @@ fn a_client_watches_and_steers_a_headless_run() {
     c.send(br#"{"command":"resume"}"#);
     c.until("the resume", |f| is_event(f, |e| matches!(e, Event::Resumed)));
     c.until("a step after the resume", is_step);
+
+    // A flood of commands: each answered, and training goes on.
+    for _ in 0..400 {
+        c.send(br#"{"command":"decay-lr"}"#);
+    }
+    let mut answers = 0;
+    c.until("400 answers", |f| {
+        answers += usize::from(matches!(f, Frame::Accepted { .. } | Frame::Error { .. }));
+        answers == 400
+    });
+    c.until("a step after the flood", is_step);
 
     // Stop with a checkpoint: the run ends, the connection closes, the
     // socket and the pid file go.

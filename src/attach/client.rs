@@ -1,7 +1,7 @@
 //! The client side: connects to a run's socket, reads its snapshot, and
 //! then turns frames into `Event`s and `Command`s into lines, each on a
 //! thread of its own, so that the TUI sees the same channels as in-process.
-use super::{read_line, socket_path, with_short_path, Frame, Line, Snapshot, PROTOCOL};
+use super::{read_line, socket_path, with_short_path, Frame, Line, Snapshot, SocketWriter, PROTOCOL};
 use crate::control::{Command, Event};
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -17,12 +17,23 @@ use std::{
 const MAX_SERVER_FRAME: usize = 1 << 30;
 /// How long the server may take to send its snapshot.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a command may take to go out.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Connection {
     pub snapshot: Snapshot,
     /// Closes when the connection does (the run ended, or was lost).
     pub events: Receiver<Event>,
     pub commands: Sender<Command>,
+    writer: thread::JoinHandle<()>,
+}
+
+impl Connection {
+    /// Sends the commands still queued, then hangs up.
+    pub fn close(self) {
+        drop(self.commands);
+        let _ = self.writer.join();
+    }
 }
 
 /// Connects to the run in `run`, with errors that say what to do.
@@ -63,15 +74,16 @@ pub fn connect(run: &Path) -> Result<Connection> {
         );
     }
     stream.set_read_timeout(None)?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let (ev_tx, ev_rx) = unbounded();
     let (cmd_tx, cmd_rx) = unbounded::<Command>();
     thread::Builder::new()
         .name("vggtrain-attach-in".into())
         .spawn(move || read_events(reader, ev_tx))?;
-    thread::Builder::new()
+    let writer = thread::Builder::new()
         .name("vggtrain-attach-out".into())
         .spawn(move || {
-            let mut out = &stream;
+            let mut out = SocketWriter(&stream);
             for c in cmd_rx {
                 let line = serde_json::to_string(&c).unwrap_or_default() + "\n";
                 if out.write_all(line.as_bytes()).is_err() {
@@ -83,6 +95,7 @@ pub fn connect(run: &Path) -> Result<Connection> {
         snapshot,
         events: ev_rx,
         commands: cmd_tx,
+        writer,
     })
 }
 

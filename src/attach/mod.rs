@@ -13,8 +13,8 @@ use crate::control::{Command, Event, RunInfo};
 use serde::{Deserialize, Serialize};
 use std::{
     fs::File,
-    io::{self, BufRead},
-    os::fd::AsRawFd,
+    io::{self, BufRead, Write},
+    os::{fd::AsRawFd, unix::net::UnixStream},
     path::{Path, PathBuf},
 };
 
@@ -115,6 +115,26 @@ pub fn parse_command(line: &[u8]) -> Result<Command, String> {
             Err(format!("bad `set-lr` command: lr must be a positive number, not {lr}"))
         }
         c => Ok(c),
+    }
+}
+
+/// Writes to a socket without SIGPIPE: a vanished peer is an EPIPE error,
+/// never the end of the process.
+pub struct SocketWriter<'a>(pub &'a UnixStream);
+
+impl Write for SocketWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for `buf.len()` bytes; the fd is open.
+        let n = unsafe { libc::send(self.0.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

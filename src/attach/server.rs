@@ -7,7 +7,7 @@
 //! reconnect for a fresh snapshot. A reader thread per client turns its
 //! lines into commands for the engine.
 use super::{
-    parse_command, read_line, socket_path, with_short_path, Frame, Line, RunState, Snapshot, Stamped,
+    parse_command, read_line, socket_path, with_short_path, Frame, Line, RunState, Snapshot, SocketWriter, Stamped,
     MAX_COMMAND_FRAME, PROTOCOL, SNAPSHOT_STEPS,
 };
 use crate::control::{Command, Event, RunInfo};
@@ -40,8 +40,8 @@ pub const MAX_CLIENTS: usize = 32;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long closing waits for the clients to receive the last events.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
-/// Checkpoint, pause and log events kept for snapshots.
-const NOTES: usize = 500;
+/// Checkpoint, pause, lr-change and log events kept for snapshots.
+pub const NOTES: usize = 500;
 
 pub struct Hub {
     path: PathBuf,
@@ -109,11 +109,12 @@ struct State {
     next_id: u64,
 }
 
-/// Events that are neither the run's shape nor its results.
+/// Events that are neither the run's shape nor its results (a client can
+/// cause any number of them).
 fn is_note(e: &Event) -> bool {
     !matches!(
         e,
-        Event::Started(_) | Event::Epoch(_) | Event::LrChanged { .. } | Event::Finished { .. } | Event::Failed { .. }
+        Event::Started(_) | Event::Epoch(_) | Event::Finished { .. } | Event::Failed { .. }
     )
 }
 
@@ -270,7 +271,7 @@ impl Hub {
     fn add(self: &Arc<Self>, stream: UnixStream) {
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
         let refuse = |message: String| {
-            let _ = (&stream).write_all(Frame::Error { message }.line().as_bytes());
+            let _ = SocketWriter(&stream).write_all(Frame::Error { message }.line().as_bytes());
         };
         let Some(done) = lock(&self.flushed).clone() else {
             return refuse("the run is ending".into());
@@ -280,13 +281,14 @@ impl Hub {
         };
         let (tx, rx) = bounded(CLIENT_QUEUE);
         let lagged = Arc::new(AtomicBool::new(false));
-        let id = {
+        let (id, snapshot) = {
             let mut st = lock(&self.state);
             if st.clients.len() >= MAX_CLIENTS {
                 return refuse(format!("{MAX_CLIENTS} clients are attached already"));
             }
-            // Under the lock: the snapshot and the live stream meet exactly.
-            let _ = tx.try_send(Arc::from(Frame::Snapshot(st.snapshot()).line()));
+            // Under the lock: the snapshot and the live stream meet exactly
+            // (the writer encodes it, off the engine's path).
+            let snapshot = st.snapshot();
             let id = st.next_id;
             st.next_id += 1;
             st.clients.push(Client {
@@ -294,11 +296,11 @@ impl Hub {
                 queue: tx,
                 lagged: lagged.clone(),
             });
-            id
+            (id, snapshot)
         };
         let spawned = thread::Builder::new()
             .name("vggtrain-client-out".into())
-            .spawn(move || write_frames(write_half, rx, lagged, done));
+            .spawn(move || write_frames(write_half, snapshot, rx, lagged, done));
         let hub = self.clone();
         if spawned.is_ok() {
             let _ = thread::Builder::new()
@@ -312,26 +314,35 @@ impl Hub {
         let mut r = BufReader::new(stream);
         let mut buf = Vec::new();
         loop {
-            let reply = match read_line(&mut r, &mut buf, MAX_COMMAND_FRAME) {
-                Ok(Line::Eof) | Err(_) => return,
-                Ok(Line::TooLong(n)) => Frame::Error {
-                    message: format!("a frame of {n} bytes is over the {MAX_COMMAND_FRAME}-byte limit; ignored"),
-                },
+            let message = match read_line(&mut r, &mut buf, MAX_COMMAND_FRAME) {
+                // A client that only shut its writing half still listens.
+                Ok(Line::Eof) if !peer_gone(r.get_ref()) => return,
+                Ok(Line::Eof) | Err(_) => return lock(&self.state).clients.retain(|c| c.id != id),
+                Ok(Line::TooLong(n)) => {
+                    format!("a frame of {n} bytes is over the {MAX_COMMAND_FRAME}-byte limit; ignored")
+                }
                 Ok(Line::Complete) if buf.iter().all(u8::is_ascii_whitespace) => continue,
                 Ok(Line::Complete) => match parse_command(&buf) {
-                    Ok(command) => match self.commands.send(command.clone()) {
-                        Ok(()) => Frame::Accepted { command },
-                        Err(_) => Frame::Error {
-                            message: "the engine has ended".into(),
-                        },
-                    },
-                    Err(message) => Frame::Error { message },
+                    Ok(command) => {
+                        // Under the lock, so that `accepted` goes out before
+                        // the events the command causes.
+                        let st = lock(&self.state);
+                        let reply = match self.commands.try_send(command.clone()) {
+                            Ok(()) => Frame::Accepted { command },
+                            Err(TrySendError::Full(_)) => Frame::Error {
+                                message: "too many commands are waiting for the engine; this one is dropped".into(),
+                            },
+                            Err(TrySendError::Disconnected(_)) => Frame::Error {
+                                message: "the engine has ended".into(),
+                            },
+                        };
+                        reply_to(&st, id, reply);
+                        continue;
+                    }
+                    Err(message) => message,
                 },
             };
-            let line: Arc<str> = Arc::from(reply.line());
-            if let Some(c) = lock(&self.state).clients.iter().find(|c| c.id == id) {
-                let _ = c.queue.try_send(line);
-            }
+            reply_to(&lock(&self.state), id, Frame::Error { message });
         }
     }
 
@@ -384,15 +395,39 @@ impl Hub {
     }
 }
 
-/// A client's writer: its queue to its socket, until either ends.
-fn write_frames(stream: UnixStream, frames: Receiver<Arc<str>>, lagged: Arc<AtomicBool>, _done: Sender<()>) {
-    let mut out = BufWriter::new(&stream);
-    let mut ok = true;
-    while let Ok(line) = frames.recv() {
+/// Queues a frame for one client (dropped if its queue is full).
+fn reply_to(st: &State, id: u64, frame: Frame) {
+    if let Some(c) = st.clients.iter().find(|c| c.id == id) {
+        let _ = c.queue.try_send(Arc::from(frame.line()));
+    }
+}
+
+/// Whether the peer closed its end entirely (not only its writing half).
+fn peer_gone(s: &UnixStream) -> bool {
+    let mut p = libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let ready = unsafe { libc::poll(&mut p, 1, 0) };
+    ready == 1 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// A client's writer: the snapshot, then its queue, to its socket, until
+/// either ends.
+fn write_frames(
+    stream: UnixStream,
+    snapshot: Snapshot,
+    frames: Receiver<Arc<str>>,
+    lagged: Arc<AtomicBool>,
+    _done: Sender<()>,
+) {
+    let mut out = BufWriter::new(SocketWriter(&stream));
+    let mut ok = out.write_all(Frame::Snapshot(snapshot).line().as_bytes()).is_ok() && out.flush().is_ok();
+    while ok {
+        let Ok(line) = frames.recv() else { break };
         ok = out.write_all(line.as_bytes()).is_ok() && (!frames.is_empty() || out.flush().is_ok());
-        if !ok {
-            break;
-        }
     }
     if ok && lagged.load(Ordering::SeqCst) {
         let message =
@@ -605,6 +640,122 @@ mod tests {
         assert_eq!(hub.clients(), 1);
         hub.close();
         let _ = t.join();
+    }
+
+    #[test]
+    fn clients_connecting_mid_stream_miss_and_repeat_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (hub, _commands) = hub(tmp.path());
+        let h = hub.clone();
+        // Fewer events than a client's queue holds: nobody can fall behind.
+        let publisher = thread::spawn(move || {
+            for i in 0..900 {
+                h.publish(&Event::Log { message: i.to_string() });
+            }
+            h.publish(&Event::Finished {
+                reason: "done".into(),
+                test: None,
+            });
+        });
+        let logs = |events: Vec<Event>| -> Vec<u32> {
+            events
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Log { message } => Some(message.parse().unwrap()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            clients.push(thread::spawn({
+                let run = tmp.path().to_owned();
+                move || {
+                    let mut c = Conn::open(&run);
+                    let Frame::Snapshot(s) = c.frame() else { panic!() };
+                    let mut seen: Vec<Event> = s.events.into_iter().map(|s| s.event).collect();
+                    while !matches!(seen.last(), Some(Event::Finished { .. })) {
+                        match c.frame() {
+                            Frame::Event { event, .. } => seen.push(event),
+                            f => panic!("{f:?}"),
+                        }
+                    }
+                    seen
+                }
+            }));
+            thread::sleep(Duration::from_millis(2));
+        }
+        publisher.join().unwrap();
+        for c in clients {
+            // The snapshot keeps the newest NOTES log events; from there on,
+            // every one once, in order.
+            let got = logs(c.join().unwrap());
+            let first = *got.first().expect("some logs");
+            assert_eq!(got, (first..900).collect::<Vec<_>>());
+        }
+        hub.close();
+    }
+
+    #[test]
+    fn hung_up_clients_leave_at_once_and_half_closed_ones_still_hear() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (hub, _commands) = hub(tmp.path());
+        // More short connections than clients allowed, with no event between.
+        for _ in 0..2 * MAX_CLIENTS {
+            let mut c = Conn::open(tmp.path());
+            assert!(matches!(c.frame(), Frame::Snapshot(_)), "refused");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while hub.clients() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} hung-up clients kept",
+                hub.clients()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        // `echo '{"command":"pause"}' | nc -U control.sock` closes its
+        // writing half and waits for the answer and the events.
+        let mut c = Conn::open(tmp.path());
+        assert!(matches!(c.frame(), Frame::Snapshot(_)));
+        c.send(br#"{"command":"pause"}"#);
+        c.w.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(
+            c.frame(),
+            Frame::Accepted {
+                command: Command::Pause
+            }
+        );
+        thread::sleep(Duration::from_millis(100));
+        hub.publish(&Event::Paused);
+        assert!(matches!(
+            c.frame(),
+            Frame::Event {
+                event: Event::Paused,
+                ..
+            }
+        ));
+        hub.close();
+    }
+
+    #[test]
+    fn commands_beyond_the_engines_queue_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (tx, commands) = bounded(4);
+        let (hub, _) = Hub::start(tmp.path(), String::new(), tx).unwrap();
+        let mut c = Conn::open(tmp.path());
+        assert!(matches!(c.frame(), Frame::Snapshot(_)));
+        for _ in 0..10 {
+            c.send(br#"{"command":"decay-lr"}"#);
+        }
+        let replies: Vec<Frame> = (0..10).map(|_| c.frame()).collect();
+        let accepted = replies.iter().filter(|f| matches!(f, Frame::Accepted { .. })).count();
+        assert_eq!(accepted, 4, "{replies:?}");
+        assert!(replies[4..]
+            .iter()
+            .all(|f| matches!(f, Frame::Error { message } if message.contains("too many commands"))));
+        assert_eq!(commands.try_iter().count(), 4);
+        hub.close();
     }
 
     #[test]

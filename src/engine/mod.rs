@@ -14,7 +14,7 @@ use crate::data::{self, augment::Augment, folder, Dataset, Source};
 use crate::model::{self, Vgg};
 use anyhow::{bail, Result};
 use checkpoint::TrainState;
-use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use run_dir::RunDir;
 use schedule::{Decision, Schedule};
 use sgd::Sgd;
@@ -195,6 +195,11 @@ impl Sink {
     }
 }
 
+/// Commands waiting for the engine, at most (faces block, clients are refused).
+const COMMAND_QUEUE: usize = 256;
+/// Commands applied at one step boundary, at most.
+const COMMANDS_PER_STEP: usize = 16;
+
 /// Starts a run (or resumes `resume`, a run directory) on a worker thread.
 /// Bad configuration, a missing dataset or an unusable run directory are
 /// errors here, before anything starts.
@@ -202,7 +207,27 @@ pub fn spawn(config: Config, resume: Option<&Path>) -> Result<EngineHandle> {
     config.validate()?;
     data::locate(&config.data)?;
     resolve_device(&config.train.device)?;
-    let (resume_from, run) = match resume {
+    let (cmd_tx, cmd_rx) = bounded(COMMAND_QUEUE);
+    let (ev_tx, ev_rx) = bounded(4096);
+    // Attaching is a convenience: a run starts without it, and says why;
+    // but a socket another process answers on means the run is taken.
+    let listen = |dir: &Path| -> Result<(Option<Arc<Hub>>, Option<String>)> {
+        Ok(match Hub::start(dir, config.to_toml(), cmd_tx.clone()) {
+            Ok((hub, stale)) => (
+                Some(hub),
+                stale.then(|| "replaced the control socket left by an earlier process of this run".to_owned()),
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!("{e}: the run is being trained already"),
+            Err(e) => (
+                None,
+                Some(format!(
+                    "warning: attaching is off for this run: cannot listen on {}: {e}",
+                    attach::socket_path(dir).display()
+                )),
+            ),
+        })
+    };
+    let (resume_from, (hub, note), run) = match resume {
         Some(dir) => {
             if run_dir::is_live(dir) {
                 bail!(
@@ -212,27 +237,21 @@ pub fn spawn(config: Config, resume: Option<&Path>) -> Result<EngineHandle> {
                 );
             }
             let ckpt = newest_checkpoint(dir)?;
-            (Some(ckpt), RunDir::open(dir)?)
+            // The socket first: only its owner may write the pid file.
+            let (hub, note) = listen(dir)?;
+            let run = RunDir::open(dir).inspect_err(|_| {
+                if let Some(h) = &hub {
+                    h.close();
+                }
+            })?;
+            (Some(ckpt), (hub, note), run)
         }
-        None => (None, RunDir::create(&config)?),
+        None => {
+            let run = RunDir::create(&config)?;
+            (None, listen(&run.path)?, run)
+        }
     };
     let run_dir = run.path.clone();
-    let (cmd_tx, cmd_rx) = unbounded();
-    let (ev_tx, ev_rx) = bounded(4096);
-    // Attaching is a convenience: a run starts without it, and says why.
-    let (hub, note) = match Hub::start(&run.path, config.to_toml(), cmd_tx.clone()) {
-        Ok((hub, stale)) => (
-            Some(hub),
-            stale.then(|| "replaced the control socket left by an earlier process of this run".to_owned()),
-        ),
-        Err(e) => (
-            None,
-            Some(format!(
-                "warning: attaching is off for this run: cannot listen on {}: {e}",
-                attach::socket_path(&run.path).display()
-            )),
-        ),
-    };
     let thread = std::thread::Builder::new()
         .name("vggtrain-engine".into())
         .spawn(move || {
@@ -536,7 +555,12 @@ impl<'a> Worker<'a> {
     }
 
     fn poll(&mut self, sink: &mut Sink) -> Result<Flow> {
+        let mut applied = 0;
         loop {
+            // A flood of commands cannot hold training up.
+            if !self.paused && applied == COMMANDS_PER_STEP {
+                return Ok(Flow::Continue);
+            }
             let next = if self.paused {
                 match self.cmds.recv_timeout(Duration::from_secs(3600)) {
                     Ok(c) => Some(c),
@@ -553,6 +577,7 @@ impl<'a> Worker<'a> {
             };
             match next {
                 Some(c) => {
+                    applied += 1;
                     if let Flow::Stop { save } = self.apply(sink, c)? {
                         return Ok(Flow::Stop { save });
                     }

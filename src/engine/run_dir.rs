@@ -90,6 +90,7 @@ impl RunDir {
             metrics: append("metrics.jsonl")?,
             log: append("train.log")?,
         };
+        restrict(path);
         fs::write(dir.path.join("pid"), std::process::id().to_string())
             .with_context(|| format!("cannot write {}", dir.path.join("pid").display()))?;
         Ok(dir)
@@ -121,6 +122,30 @@ impl RunDir {
     }
 }
 
+/// The process leaves at once, with its engine still running (a forced
+/// quit): the run is no longer live, and its socket goes.
+pub fn abandon(run: &Path) {
+    let _ = fs::remove_file(run.join("pid"));
+    let _ = fs::remove_file(crate::attach::socket_path(run));
+}
+
+/// When a process started, in Unix seconds (Linux's /proc).
+fn started_at(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22, in clock ticks after boot; the command name (field 2) may
+    // hold spaces, so count from its ')'.
+    let ticks: f64 = stat[stat.rfind(')')? + 2..].split_whitespace().nth(19)?.parse().ok()?;
+    let boot: f64 = fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| boot + ticks / hz as f64)
+}
+
 /// Only the user may read a run (it can hold a control socket).
 fn restrict(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -132,10 +157,52 @@ pub fn is_attachable(run: &Path) -> bool {
     is_live(run) && crate::attach::socket_path(run).exists()
 }
 
-/// Whether a run's process is still alive.
+/// Whether a run's process is still alive: the pid file's process, if it
+/// started before the file was written (after a crash, a later process may
+/// have the same pid).
 pub fn is_live(run: &Path) -> bool {
-    fs::read_to_string(run.join("pid"))
+    let file = run.join("pid");
+    let Some(pid) = fs::read_to_string(&file)
         .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    if unsafe { libc::kill(pid as i32, 0) } != 0 {
+        return false;
+    }
+    let written = fs::metadata(&file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64());
+    match (started_at(pid), written) {
+        // A second of slack for clock-tick rounding.
+        (Some(started), Some(written)) => started <= written + 1.0,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn a_run_is_live_only_while_the_process_that_wrote_its_pid_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path();
+        assert!(!is_live(run), "no pid file");
+        fs::write(run.join("pid"), std::process::id().to_string()).unwrap();
+        assert!(is_live(run), "this process");
+        // A pid file older than the process with that pid: the pid was reused.
+        let f = File::options().write(true).open(run.join("pid")).unwrap();
+        f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
+            .unwrap();
+        assert!(!is_live(run), "a reused pid");
+        fs::write(run.join("pid"), "2147483646").unwrap();
+        assert!(!is_live(run), "a process that is gone");
+        fs::write(run.join("pid"), "garbage").unwrap();
+        assert!(!is_live(run));
+    }
 }

@@ -3,7 +3,7 @@
 //! lives in `panels`; nothing here touches the terminal.
 use super::fmt;
 use super::history::{Downsampled, Recent};
-use crate::attach::Snapshot;
+use crate::attach::{RunState, Snapshot};
 use crate::control::{CheckpointReason, Command, EpochStats, EvalResult, Event, LrCause, RunInfo};
 use crate::headless::{EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
@@ -522,6 +522,12 @@ impl App {
             app.update(&s.event);
         }
         app.log_time = None;
+        // The state as the run says, should its events have been cut.
+        match snapshot.state {
+            RunState::Paused if app.engine == EngineState::Running => app.engine = EngineState::Paused,
+            RunState::Running if app.engine == EngineState::Paused => app.engine = EngineState::Running,
+            _ => {}
+        }
         app.log(
             LogKind::Info,
             format!(

@@ -401,6 +401,7 @@ pub fn run(handle: EngineHandle) -> Result<i32> {
             // Leave without waiting for the engine, and without running the
             // exit handlers: libtorch's static destructors would race the
             // engine thread, which is still computing.
+            crate::engine::run_dir::abandon(&handle.run_dir);
             report(&app, stderr_log.as_deref());
             let _ = std::io::stdout().flush();
             unsafe { libc::_exit(code) }
@@ -437,6 +438,7 @@ pub fn attach(conn: Connection) -> Result<i32> {
     let outcome = screen.run(&mut app, &conn.events, &conn.commands);
     let (signals, _) = screen.close(matches!(outcome, Ok(Exit::TerminalGone)));
     signals.close();
+    conn.close();
     Ok(match outcome {
         Ok(Exit::Quit(code) | Exit::Forced(code)) => {
             report(&app, None);
