@@ -90,6 +90,8 @@ pub fn connect(run: &Path) -> Result<Connection> {
                     break;
                 }
             }
+            // Hangs up (the reader thread holds the same connection).
+            let _ = stream.shutdown(std::net::Shutdown::Both);
         })?;
     Ok(Connection {
         snapshot,

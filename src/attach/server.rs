@@ -58,6 +58,8 @@ pub struct Hub {
 
 struct Client {
     id: u64,
+    /// To notice a client that hung up while nothing was published.
+    stream: UnixStream,
     queue: Sender<Arc<str>>,
     /// Dropped for being too slow.
     lagged: Arc<AtomicBool>,
@@ -276,27 +278,31 @@ impl Hub {
         let Some(done) = lock(&self.flushed).clone() else {
             return refuse("the run is ending".into());
         };
-        let Ok(write_half) = stream.try_clone() else {
+        let (Ok(write_half), Ok(watch)) = (stream.try_clone(), stream.try_clone()) else {
             return refuse("the server cannot serve this connection".into());
         };
         let (tx, rx) = bounded(CLIENT_QUEUE);
         let lagged = Arc::new(AtomicBool::new(false));
-        let (id, snapshot) = {
+        let joined = {
             let mut st = lock(&self.state);
-            if st.clients.len() >= MAX_CLIENTS {
-                return refuse(format!("{MAX_CLIENTS} clients are attached already"));
-            }
-            // Under the lock: the snapshot and the live stream meet exactly
-            // (the writer encodes it, off the engine's path).
-            let snapshot = st.snapshot();
-            let id = st.next_id;
-            st.next_id += 1;
-            st.clients.push(Client {
-                id,
-                queue: tx,
-                lagged: lagged.clone(),
-            });
-            (id, snapshot)
+            st.clients.retain(|c| !peer_gone(&c.stream));
+            (st.clients.len() < MAX_CLIENTS).then(|| {
+                // Under the lock: the snapshot and the live stream meet
+                // exactly (the writer encodes it, off the engine's path).
+                let snapshot = st.snapshot();
+                let id = st.next_id;
+                st.next_id += 1;
+                st.clients.push(Client {
+                    id,
+                    stream: watch,
+                    queue: tx,
+                    lagged: lagged.clone(),
+                });
+                (id, snapshot)
+            })
+        };
+        let Some((id, snapshot)) = joined else {
+            return refuse(format!("{MAX_CLIENTS} clients are attached already"));
         };
         let spawned = thread::Builder::new()
             .name("vggtrain-client-out".into())

@@ -14,7 +14,7 @@ use crate::data::{self, augment::Augment, folder, Dataset, Source};
 use crate::model::{self, Vgg};
 use anyhow::{bail, Result};
 use checkpoint::TrainState;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, never, select, unbounded, Receiver, Sender};
 use run_dir::RunDir;
 use schedule::{Decision, Schedule};
 use sgd::Sgd;
@@ -195,8 +195,9 @@ impl Sink {
     }
 }
 
-/// Commands waiting for the engine, at most (faces block, clients are refused).
-const COMMAND_QUEUE: usize = 256;
+/// Commands from attached clients waiting for the engine, at most (more are
+/// refused).
+const CLIENT_COMMANDS: usize = 256;
 /// Commands applied at one step boundary, at most.
 const COMMANDS_PER_STEP: usize = 16;
 
@@ -207,50 +208,32 @@ pub fn spawn(config: Config, resume: Option<&Path>) -> Result<EngineHandle> {
     config.validate()?;
     data::locate(&config.data)?;
     resolve_device(&config.train.device)?;
-    let (cmd_tx, cmd_rx) = bounded(COMMAND_QUEUE);
-    let (ev_tx, ev_rx) = bounded(4096);
-    // Attaching is a convenience: a run starts without it, and says why;
-    // but a socket another process answers on means the run is taken.
-    let listen = |dir: &Path| -> Result<(Option<Arc<Hub>>, Option<String>)> {
-        Ok(match Hub::start(dir, config.to_toml(), cmd_tx.clone()) {
-            Ok((hub, stale)) => (
-                Some(hub),
-                stale.then(|| "replaced the control socket left by an earlier process of this run".to_owned()),
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!("{e}: the run is being trained already"),
-            Err(e) => (
-                None,
-                Some(format!(
-                    "warning: attaching is off for this run: cannot listen on {}: {e}",
-                    attach::socket_path(dir).display()
-                )),
-            ),
-        })
-    };
-    let (resume_from, (hub, note), run) = match resume {
+    let (resume_from, run) = match resume {
         Some(dir) => {
-            if run_dir::is_live(dir) {
-                bail!(
-                    "{} is running in another process: `vggtrain attach {}` to watch and steer it",
-                    dir.display(),
-                    dir.display()
-                );
-            }
-            let ckpt = newest_checkpoint(dir)?;
-            // The socket first: only its owner may write the pid file.
-            let (hub, note) = listen(dir)?;
-            let run = RunDir::open(dir).inspect_err(|_| {
-                if let Some(h) = &hub {
-                    h.close();
-                }
-            })?;
-            (Some(ckpt), (hub, note), run)
+            // The run's lock first: one process trains a run at a time.
+            let run = RunDir::open(dir)?;
+            (Some(newest_checkpoint(dir)?), run)
         }
-        None => {
-            let run = RunDir::create(&config)?;
-            (None, listen(&run.path)?, run)
-        }
+        None => (None, RunDir::create(&config)?),
     };
+    let (cmd_tx, cmd_rx) = unbounded();
+    let (ev_tx, ev_rx) = bounded(4096);
+    let (client_tx, client_rx) = bounded(CLIENT_COMMANDS);
+    // Attaching is a convenience: a run starts without it, and says why.
+    let (hub, note) = match Hub::start(&run.path, config.to_toml(), client_tx) {
+        Ok((hub, stale)) => (
+            Some(hub),
+            stale.then(|| "replaced the control socket left by an earlier process of this run".to_owned()),
+        ),
+        Err(e) => (
+            None,
+            Some(format!(
+                "warning: attaching is off for this run: cannot listen on {}: {e}",
+                attach::socket_path(&run.path).display()
+            )),
+        ),
+    };
+    let cmds = Commands::new(cmd_rx, client_rx);
     let run_dir = run.path.clone();
     let thread = std::thread::Builder::new()
         .name("vggtrain-engine".into())
@@ -264,9 +247,7 @@ pub fn spawn(config: Config, resume: Option<&Path>) -> Result<EngineHandle> {
             if let Some(message) = note {
                 sink.emit(Event::Log { message });
             }
-            let outcome = catch_unwind(AssertUnwindSafe(|| {
-                Worker::run(&config, resume_from, &cmd_rx, &mut sink)
-            }));
+            let outcome = catch_unwind(AssertUnwindSafe(|| Worker::run(&config, resume_from, cmds, &mut sink)));
             let failure = match outcome {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(format!("{e:#}")),
@@ -328,6 +309,51 @@ fn epoch_seed(seed: u64, epoch: usize) -> u64 {
     data::SplitMix(seed.wrapping_add(0xe90c ^ epoch as u64)).next()
 }
 
+/// Where commands come from: the face (never refused) and the attached
+/// clients (through a bounded queue); a source that closes is left.
+struct Commands {
+    face: Receiver<Command>,
+    clients: Receiver<Command>,
+    face_open: bool,
+    clients_open: bool,
+}
+
+impl Commands {
+    fn new(face: Receiver<Command>, clients: Receiver<Command>) -> Commands {
+        Commands {
+            face,
+            clients,
+            face_open: true,
+            clients_open: true,
+        }
+    }
+
+    /// The next command, if one is waiting; the face's first.
+    fn try_next(&self) -> Option<Command> {
+        self.face.try_recv().ok().or_else(|| self.clients.try_recv().ok())
+    }
+
+    /// Waits for the next command; None once no source is left.
+    fn wait(&mut self) -> Option<Command> {
+        let none = never();
+        while self.face_open || self.clients_open {
+            let face = if self.face_open { &self.face } else { &none };
+            let clients = if self.clients_open { &self.clients } else { &none };
+            select! {
+                recv(face) -> c => match c {
+                    Ok(c) => return Some(c),
+                    Err(_) => self.face_open = false,
+                },
+                recv(clients) -> c => match c {
+                    Ok(c) => return Some(c),
+                    Err(_) => self.clients_open = false,
+                },
+            }
+        }
+        None
+    }
+}
+
 struct Worker<'a> {
     cfg: &'a Config,
     data: Dataset,
@@ -338,7 +364,7 @@ struct Worker<'a> {
     batches: Batches,
     train_aug: Augment,
     eval_aug: Augment,
-    cmds: &'a Receiver<Command>,
+    cmds: Commands,
     paused: bool,
     last_good: Option<PathBuf>,
 }
@@ -349,7 +375,7 @@ enum Flow {
 }
 
 impl<'a> Worker<'a> {
-    fn run(cfg: &'a Config, resume: Option<PathBuf>, cmds: &'a Receiver<Command>, sink: &mut Sink) -> Result<()> {
+    fn run(cfg: &'a Config, resume: Option<PathBuf>, cmds: Commands, sink: &mut Sink) -> Result<()> {
         if cfg.train.threads > 0 {
             tch::set_num_threads(cfg.train.threads);
         }
@@ -555,29 +581,29 @@ impl<'a> Worker<'a> {
     }
 
     fn poll(&mut self, sink: &mut Sink) -> Result<Flow> {
-        let mut applied = 0;
+        let (mut applied, mut saved) = (0, false);
         loop {
             // A flood of commands cannot hold training up.
             if !self.paused && applied == COMMANDS_PER_STEP {
                 return Ok(Flow::Continue);
             }
             let next = if self.paused {
-                match self.cmds.recv_timeout(Duration::from_secs(3600)) {
-                    Ok(c) => Some(c),
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        // Nobody can resume us: carry on.
-                        self.paused = false;
-                        sink.emit(Event::Resumed);
-                        None
-                    }
+                let next = self.cmds.wait();
+                if next.is_none() {
+                    // Nobody can resume us: carry on.
+                    self.paused = false;
+                    sink.emit(Event::Resumed);
                 }
+                next
             } else {
-                self.cmds.try_recv().ok()
+                self.cmds.try_next()
             };
             match next {
+                // One checkpoint of this state is enough.
+                Some(Command::SaveCheckpoint) if saved => {}
                 Some(c) => {
                     applied += 1;
+                    saved |= c == Command::SaveCheckpoint;
                     if let Flow::Stop { save } = self.apply(sink, c)? {
                         return Ok(Flow::Stop { save });
                     }

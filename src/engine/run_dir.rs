@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use std::{
     fs::{self, File, OpenOptions},
     io::Write,
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -15,6 +16,8 @@ pub struct RunDir {
     pub path: PathBuf,
     metrics: File,
     log: File,
+    /// Holds the run's lock while this process trains it.
+    _lock: File,
 }
 
 /// "20261127-224901" (UTC).
@@ -76,8 +79,10 @@ impl RunDir {
         RunDir::open(&path)
     }
 
-    /// An existing run, appended to (resume).
+    /// An existing run, appended to (resume); an error while another
+    /// process trains it.
     pub fn open(path: &Path) -> Result<RunDir> {
+        let lock = take_lock(path)?;
         let append = |name: &str| {
             OpenOptions::new()
                 .create(true)
@@ -89,6 +94,7 @@ impl RunDir {
             path: path.to_owned(),
             metrics: append("metrics.jsonl")?,
             log: append("train.log")?,
+            _lock: lock,
         };
         restrict(path);
         fs::write(dir.path.join("pid"), std::process::id().to_string())
@@ -129,21 +135,54 @@ pub fn abandon(run: &Path) {
     let _ = fs::remove_file(crate::attach::socket_path(run));
 }
 
-/// When a process started, in Unix seconds (Linux's /proc).
-fn started_at(pid: u32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22, in clock ticks after boot; the command name (field 2) may
-    // hold spaces, so count from its ')'.
-    let ticks: f64 = stat[stat.rfind(')')? + 2..].split_whitespace().nth(19)?.parse().ok()?;
-    let boot: f64 = fs::read_to_string("/proc/stat")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()?;
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| boot + ticks / hz as f64)
+/// The run's lock file: whoever holds it (flock) trains the run.
+fn lock_path(run: &Path) -> PathBuf {
+    run.join("lock")
+}
+
+/// Takes the run's lock for as long as the file stays open.
+fn take_lock(run: &Path) -> Result<File> {
+    let path = lock_path(run);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // `vggtrain runs` may hold it for an instant to look.
+    for _ in 0..20 {
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = fs::read_to_string(run.join("pid"))
+        .map(|p| format!(" (pid {})", p.trim()))
+        .unwrap_or_default();
+    bail!(
+        "{} is being trained by another process{pid}: `vggtrain attach {}` to watch and steer it",
+        run.display(),
+        run.display()
+    )
+}
+
+/// Whether a process trains the run now: it holds the run's lock (runs
+/// from before the lock: its pid is alive).
+pub fn is_live(run: &Path) -> bool {
+    let Ok(file) = File::open(lock_path(run)) else {
+        return fs::read_to_string(run.join("pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
+    };
+    // Closing the file lets go of the shared lock taken to look.
+    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+    !free
+}
+
+/// Whether a run is live and listening for `vggtrain attach`.
+pub fn is_attachable(run: &Path) -> bool {
+    is_live(run) && crate::attach::socket_path(run).exists()
 }
 
 /// Only the user may read a run (it can hold a control socket).
@@ -152,57 +191,28 @@ fn restrict(path: &Path) {
     let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
 }
 
-/// Whether a run is live and listening for `vggtrain attach`.
-pub fn is_attachable(run: &Path) -> bool {
-    is_live(run) && crate::attach::socket_path(run).exists()
-}
-
-/// Whether a run's process is still alive: the pid file's process, if it
-/// started before the file was written (after a crash, a later process may
-/// have the same pid).
-pub fn is_live(run: &Path) -> bool {
-    let file = run.join("pid");
-    let Some(pid) = fs::read_to_string(&file)
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-    else {
-        return false;
-    };
-    if unsafe { libc::kill(pid as i32, 0) } != 0 {
-        return false;
-    }
-    let written = fs::metadata(&file)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_secs_f64());
-    match (started_at(pid), written) {
-        // A second of slack for clock-tick rounding.
-        (Some(started), Some(written)) => started <= written + 1.0,
-        _ => true,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, SystemTime};
 
     #[test]
-    fn a_run_is_live_only_while_the_process_that_wrote_its_pid_runs() {
+    fn one_process_at_a_time_trains_a_run() {
         let tmp = tempfile::tempdir().unwrap();
         let run = tmp.path();
-        assert!(!is_live(run), "no pid file");
-        fs::write(run.join("pid"), std::process::id().to_string()).unwrap();
-        assert!(is_live(run), "this process");
-        // A pid file older than the process with that pid: the pid was reused.
-        let f = File::options().write(true).open(run.join("pid")).unwrap();
-        f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
-            .unwrap();
-        assert!(!is_live(run), "a reused pid");
-        fs::write(run.join("pid"), "2147483646").unwrap();
-        assert!(!is_live(run), "a process that is gone");
-        fs::write(run.join("pid"), "garbage").unwrap();
-        assert!(!is_live(run));
+        fs::create_dir(run.join("checkpoints")).unwrap();
+        assert!(!is_live(run), "no run yet");
+        let first = RunDir::open(run).unwrap();
+        assert!(is_live(run));
+        let err = RunDir::open(run).err().expect("a second trainer is refused");
+        assert!(
+            format!("{err:#}").contains("is being trained by another process"),
+            "{err:#}"
+        );
+        // Looking does not take the run away from its trainer.
+        assert!(is_live(run) && is_live(run));
+        first.close();
+        drop(first);
+        assert!(!is_live(run), "a closed run is not live");
+        assert!(RunDir::open(run).is_ok(), "a dead run can be resumed");
     }
 }
