@@ -151,10 +151,11 @@ fn take_lock(run: &Path) -> Result<File> {
         .with_context(|| format!("cannot open {}", path.display()))?;
     // `vggtrain runs` may hold it for an instant to look.
     for _ in 0..20 {
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(file);
+        match flock(&file, libc::LOCK_EX) {
+            // A file system without locks: unguarded, as before locks.
+            Ok(()) | Err(Locked::Unsupported) => return Ok(file),
+            Err(Locked::Held) => std::thread::sleep(std::time::Duration::from_millis(50)),
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let pid = fs::read_to_string(run.join("pid"))
         .map(|p| format!(" (pid {})", p.trim()))
@@ -166,18 +167,34 @@ fn take_lock(run: &Path) -> Result<File> {
     )
 }
 
-/// Whether a process trains the run now: it holds the run's lock (runs
-/// from before the lock: its pid is alive).
+enum Locked {
+    Held,
+    Unsupported,
+}
+
+/// flock(2) without waiting.
+fn flock(file: &File, how: i32) -> Result<(), Locked> {
+    if unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EWOULDBLOCK) => Err(Locked::Held),
+        _ => Err(Locked::Unsupported),
+    }
+}
+
+/// Whether a process trains the run now: it holds the run's lock (runs from
+/// before the lock, or on a file system without locks: its pid is alive).
 pub fn is_live(run: &Path) -> bool {
-    let Ok(file) = File::open(lock_path(run)) else {
-        return fs::read_to_string(run.join("pid"))
+    // Closing the file lets go of the shared lock taken to look.
+    match File::open(lock_path(run)).map(|f| flock(&f, libc::LOCK_SH)) {
+        Ok(Ok(())) => false,
+        Ok(Err(Locked::Held)) => true,
+        _ => fs::read_to_string(run.join("pid"))
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok())
-            .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
-    };
-    // Closing the file lets go of the shared lock taken to look.
-    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
-    !free
+            .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0),
+    }
 }
 
 /// Whether a run is live and listening for `vggtrain attach`.
