@@ -160,10 +160,10 @@ impl EngineHandle {
     }
 }
 
-/// Events go to the run directory first, then to the face, which may be
+/// Events go to the run directory first, then to the attached clients
+/// through the hub (which never blocks), then to the face, which may be
 /// slow or gone: step events are dropped when its queue is full, the others
 /// wait briefly.
-/// Attached clients get every event through the hub, which never blocks.
 struct Sink {
     tx: Sender<Event>,
     run: RunDir,
@@ -210,9 +210,13 @@ pub fn spawn(config: Config, resume: Option<&Path>) -> Result<EngineHandle> {
     resolve_device(&config.train.device)?;
     let (resume_from, run) = match resume {
         Some(dir) => {
-            // The run's lock first: one process trains a run at a time.
-            let run = RunDir::open(dir)?;
-            (Some(newest_checkpoint(dir)?), run)
+            // Nothing is written to a directory that is not a run, or that
+            // another process trains (RunDir::open's lock settles a race).
+            if run_dir::is_live(dir) {
+                return Err(run_dir::busy(dir));
+            }
+            let ckpt = newest_checkpoint(dir)?;
+            (Some(ckpt), RunDir::open(dir)?)
         }
         None => (None, RunDir::create(&config)?),
     };

@@ -157,10 +157,15 @@ fn take_lock(run: &Path) -> Result<File> {
             Err(Locked::Held) => std::thread::sleep(std::time::Duration::from_millis(50)),
         }
     }
+    Err(busy(run))
+}
+
+/// The error for a run that another process trains.
+pub fn busy(run: &Path) -> anyhow::Error {
     let pid = fs::read_to_string(run.join("pid"))
         .map(|p| format!(" (pid {})", p.trim()))
         .unwrap_or_default();
-    bail!(
+    anyhow::anyhow!(
         "{} is being trained by another process{pid}: `vggtrain attach {}` to watch and steer it",
         run.display(),
         run.display()
