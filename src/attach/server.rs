@@ -10,7 +10,7 @@ use super::{
     parse_command, read_line, socket_path, with_short_path, Frame, Line, RunState, Snapshot, SocketWriter, Stamped,
     MAX_COMMAND_FRAME, PROTOCOL, SNAPSHOT_STEPS,
 };
-use crate::control::{Command, Event, RunInfo};
+use crate::control::{Command, Event};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use std::{
     collections::VecDeque,
@@ -35,13 +35,13 @@ use std::{
 /// Frames queued for a client before it counts as too slow.
 const CLIENT_QUEUE: usize = 1024;
 /// Clients attached at once.
-pub const MAX_CLIENTS: usize = 32;
+const MAX_CLIENTS: usize = 32;
 /// A client that takes no byte for this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long closing waits for the clients to receive the last events.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Checkpoint, pause, lr-change and log events kept for snapshots.
-pub const NOTES: usize = 500;
+const NOTES: usize = 500;
 
 pub struct Hub {
     path: PathBuf,
@@ -98,10 +98,8 @@ impl Steps {
 }
 
 struct State {
-    pid: u32,
     config: String,
     run_state: RunState,
-    info: Option<RunInfo>,
     seq: u64,
     /// Every event but steps, in order (notes capped at `NOTES`).
     history: Vec<(u64, Stamped)>,
@@ -124,14 +122,7 @@ impl State {
     fn record(&mut self, time: f64, event: &Event) {
         self.seq += 1;
         self.run_state = match event {
-            Event::Started(info) => {
-                self.info = Some(info.clone());
-                match self.run_state {
-                    RunState::Starting => RunState::Running,
-                    s => s,
-                }
-            }
-            Event::Step { .. } if self.run_state == RunState::Starting => RunState::Running,
+            Event::Started(_) | Event::Step { .. } if self.run_state == RunState::Starting => RunState::Running,
             Event::Paused => RunState::Paused,
             Event::Resumed => RunState::Running,
             Event::Finished { .. } => RunState::Finished,
@@ -188,10 +179,13 @@ impl State {
         events.sort_by_key(|(seq, _)| *seq);
         Snapshot {
             protocol: PROTOCOL,
-            pid: self.pid,
+            pid: std::process::id(),
             state: self.run_state,
             config: self.config.clone(),
-            info: self.info.clone(),
+            info: self.history.iter().find_map(|(_, s)| match &s.event {
+                Event::Started(info) => Some(info.clone()),
+                _ => None,
+            }),
             events: events.into_iter().map(|(_, s)| s.clone()).collect(),
         }
     }
@@ -232,10 +226,8 @@ impl Hub {
             listener,
             commands,
             state: Mutex::new(State {
-                pid: std::process::id(),
                 config,
                 run_state: RunState::Starting,
-                info: None,
                 seq: 0,
                 history: Vec::new(),
                 notes: 0,
@@ -378,7 +370,8 @@ impl Hub {
     }
 
     /// Clients attached now.
-    pub fn clients(&self) -> usize {
+    #[cfg(test)]
+    fn clients(&self) -> usize {
         lock(&self.state).clients.len()
     }
 

@@ -734,7 +734,7 @@ impl App {
     pub fn on_signal(&mut self, sig: i32) -> Option<Command> {
         if self.attached.is_some() {
             // Signals end this viewer, never the run.
-            if matches!(sig, libc::SIGINT | libc::SIGTERM | libc::SIGHUP) {
+            if matches!(sig, libc::SIGINT | libc::SIGTERM) {
                 self.detached = !self.is_ended();
                 self.quit = true;
             }

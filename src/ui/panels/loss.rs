@@ -103,11 +103,8 @@ fn loss_chart(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
         .fold(0.0f64, f64::max)
         .max(1e-3)
         * 1.05;
-    line_at(
-        buf,
-        area,
-        0,
-        &caption(
+    captioned(
+        caption(
             theme,
             &[
                 ("train", theme.train_loss()),
@@ -115,51 +112,51 @@ fn loss_chart(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
                 ("steps", theme.steps()),
             ],
         ),
+        chart(
+            vec![
+                dataset("steps", &steps, theme.steps()),
+                dataset("train", &train, theme.train_loss()),
+                dataset("val", &val, theme.val_loss()),
+            ],
+            x_end(app),
+            (0.0, ymax),
+            fmt::loss,
+            theme,
+        ),
+        area,
+        buf,
     );
-    let rest = Rect {
-        y: area.y + 1,
-        height: area.height.saturating_sub(1),
-        ..area
-    };
-    chart(
-        vec![
-            dataset("steps", &steps, theme.steps()),
-            dataset("train", &train, theme.train_loss()),
-            dataset("val", &val, theme.val_loss()),
-        ],
-        x_end(app),
-        (0.0, ymax),
-        fmt::loss,
-        theme,
-    )
-    .render(rest, buf);
 }
 
 fn accuracy_chart(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
     let top1: Vec<(f64, f64)> = app.epochs.iter().map(|e| (e.epoch as f64, 100.0 * e.top1)).collect();
     let top5: Vec<(f64, f64)> = app.epochs.iter().map(|e| (e.epoch as f64, 100.0 * e.top5)).collect();
-    line_at(
-        buf,
+    captioned(
+        caption(theme, &[("val top-1 %", theme.top1()), ("top-5 %", theme.top5())]),
+        chart(
+            vec![
+                dataset("top-1", &top1, theme.top1()),
+                dataset("top-5", &top5, theme.top5()),
+            ],
+            x_end(app),
+            (0.0, 100.0),
+            |v| format!("{v:.0}"),
+            theme,
+        ),
         area,
-        0,
-        &caption(theme, &[("val top-1 %", theme.top1()), ("top-5 %", theme.top5())]),
+        buf,
     );
+}
+
+/// A caption line over a chart.
+fn captioned(caption: Line, chart: Chart, area: Rect, buf: &mut Buffer) {
+    line_at(buf, area, 0, &caption);
     let rest = Rect {
         y: area.y + 1,
         height: area.height.saturating_sub(1),
         ..area
     };
-    chart(
-        vec![
-            dataset("top-1", &top1, theme.top1()),
-            dataset("top-5", &top5, theme.top5()),
-        ],
-        x_end(app),
-        (0.0, 100.0),
-        |v| format!("{v:.0}"),
-        theme,
-    )
-    .render(rest, buf);
+    chart.render(rest, buf);
 }
 
 pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
