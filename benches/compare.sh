@@ -10,8 +10,8 @@ BIN=target/release/vggtrain
 [ -x $BIN ] || cargo build --release
 export PYTHONPATH=${PYTHONPATH:-$(readlink -f .libtorch)/..}
 for r in $(seq "$ROUNDS"); do
-  $BIN bench "${ARGS[@]}" --steps 15 --device cpu --folder-images 0 --json | sed 's/^/vggtrain-nhwc /'
-  $BIN bench "${ARGS[@]}" --steps 15 --device cpu --folder-images 0 --channels-last false --json | sed 's/^/vggtrain-nchw /'
+  $BIN bench "${ARGS[@]}" --steps 15 --device cpu --json | sed 's/^/vggtrain-nhwc /'
+  $BIN bench "${ARGS[@]}" --steps 15 --device cpu --channels-last false --json | sed 's/^/vggtrain-nchw /'
   python3 benches/pytorch_vgg.py "${ARGS[@]}" --steps 15 2>/dev/null | sed 's/^/pytorch-nchw /'
   python3 benches/pytorch_vgg.py "${ARGS[@]}" --steps 15 --channels-last 2>/dev/null | sed 's/^/pytorch-nhwc /'
 done | python3 -c '

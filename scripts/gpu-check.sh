@@ -18,7 +18,7 @@ grep -q "CUDA available: yes" "$OUT/info.txt" || { echo "CUDA not found"; exit 1
 
 bench() { # name, args...
   local name=$1; shift
-  timeout 120 $BIN bench --device cuda --json --folder-images 0 "$@" > "$OUT/bench-$name.json" 2> "$OUT/bench-$name.err" \
+  timeout 120 $BIN bench --device cuda --json "$@" > "$OUT/bench-$name.json" 2> "$OUT/bench-$name.err" \
     || echo "{\"failed\":\"$name\"}" > "$OUT/bench-$name.json"
   python3 - "$name" "$OUT/bench-$name.json" <<'PY'
 import json, sys

@@ -2,9 +2,20 @@
 # Everything vggtrain needs on a fresh machine, each step skipped when done:
 #  1. PyTorch 2.11.0 (libtorch for tch 0.24) from PyPI into a cache folder
 #     outside the repo, linked as .libtorch (see .cargo/config.toml);
-#  2. the offline dataset: Debian's dataset-fashion-mnist;
-#  3. tmux, for the real-terminal tests.
+#  2. the offline dataset: Debian's dataset-fashion-mnist, and cmake and
+#     nasm, which the build of libjpeg-turbo (the turbojpeg crate) needs;
+#  3. with --for-tests: tmux, for the real-terminal tests, and the Python
+#     references the tests check against (torchvision 0.26.0 on that
+#     PyTorch, TensorBoard's reader, and what they need), linked as .pyref.
+# What it cannot install (no root, no sudo) is an error naming the command
+# to run: the tests never pass by skipping what is missing.
 set -euo pipefail
+FOR_TESTS=0
+case "${1:-}" in
+  --for-tests) FOR_TESTS=1 ;;
+  "") ;;
+  *) printf 'usage: %s [--for-tests]\n' "$0" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 
 TORCH_VERSION=2.11.0
@@ -13,14 +24,18 @@ TORCH_DIR="$CACHE/torch-$TORCH_VERSION"
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
+PY=$(command -v python3 || command -v python || true)
+need_pip() {
+  [ -n "$PY" ] || die "python3 is missing: install it (apt-get install python3 python3-pip) and run again"
+  "$PY" -m pip --version >/dev/null 2>&1 \
+    || die "pip is missing for $PY: install it (apt-get install python3-pip) and run again"
+}
+
 # 1. libtorch
 if [ -f "$TORCH_DIR/.complete" ]; then
   say "PyTorch $TORCH_VERSION found in $TORCH_DIR"
 else
-  PY=$(command -v python3 || command -v python || true)
-  [ -n "$PY" ] || die "python3 is missing: install it (apt-get install python3 python3-pip) and run again"
-  "$PY" -m pip --version >/dev/null 2>&1 \
-    || die "pip is missing for $PY: install it (apt-get install python3-pip) and run again"
+  need_pip
   say "installing PyTorch $TORCH_VERSION (about 4.5 GB) into $TORCH_DIR; this takes a few minutes, once"
   mkdir -p "$CACHE"
   rm -rf "$TORCH_DIR.partial"
@@ -36,19 +51,45 @@ grep -q "__version__ = '$TORCH_VERSION" "$TORCH_DIR/torch/version.py" \
   || die "$TORCH_DIR holds another PyTorch version: remove that folder and run again"
 ln -sfn "$TORCH_DIR/torch" .libtorch
 
+# The tests' Python reference, beside that PyTorch, without dependencies
+# (these are all it needs): torchvision for the test protocol, TensorBoard's
+# own reader for the event files.
+REF_DIR="$CACHE/pyref-$TORCH_VERSION"
+REF_PACKAGES="torchvision==0.26.0 safetensors==0.8.0 numpy==2.4.6 pillow==13.0.0 tensorboard==2.21.0 protobuf==7.36.2 absl-py==2.5.1 packaging==26.4"
+if [ "$FOR_TESTS" = 1 ]; then
+  if [ "$(cat "$REF_DIR/.complete" 2>/dev/null)" = "$REF_PACKAGES" ]; then
+    say "the Python reference (torchvision, tensorboard) found in $REF_DIR"
+  else
+    need_pip
+    say "installing the tests' Python reference ($REF_PACKAGES) into $REF_DIR"
+    rm -rf "$REF_DIR.partial"
+    # shellcheck disable=SC2086 # the list is words
+    "$PY" -m pip install --quiet --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
+      --no-deps --target "$REF_DIR.partial" $REF_PACKAGES \
+      || die "pip could not install the Python reference (is PyPI reachable?)"
+    rm -rf "$REF_DIR"
+    mv "$REF_DIR.partial" "$REF_DIR"
+    printf '%s' "$REF_PACKAGES" > "$REF_DIR/.complete"
+  fi
+  ln -sfn "$REF_DIR" .pyref
+fi
+
 # 2 and 3: Debian packages
 missing=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
-command -v tmux >/dev/null || missing+=(tmux)
+command -v cmake >/dev/null || missing+=(cmake)
+command -v nasm >/dev/null || missing+=(nasm)
+[ "$FOR_TESTS" = 0 ] || command -v tmux >/dev/null || missing+=(tmux)
 if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo -n); fi
+  if command -v apt-get >/dev/null && { [ ${#SUDO[@]} = 0 ] || sudo -n true 2>/dev/null; }; then
     say "installing ${missing[*]} with apt-get"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+    "${SUDO[@]}" apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null \
       || die "apt-get install ${missing[*]} failed"
   else
-    say "warning: missing ${missing[*]}; run: sudo apt-get install ${missing[*]}"
+    die "missing ${missing[*]}, and no root or password-less sudo to install it: run sudo apt-get install ${missing[*]}, then again"
   fi
 else
-  say "Fashion-MNIST and tmux present"
+  say "Fashion-MNIST, cmake and nasm present$([ "$FOR_TESTS" = 0 ] || echo ', tmux present')"
 fi

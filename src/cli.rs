@@ -20,8 +20,10 @@ pub struct Cli {
 pub enum Cmd {
     /// Train a network (TUI on a terminal, headless otherwise or with --no-tui).
     Train(TrainArgs),
-    /// Evaluate a checkpoint with the paper's test protocol options.
+    /// Evaluate checkpoints on a split with the paper's test protocol (several: ConvNet fusion).
     Eval(EvalArgs),
+    /// Classify image files with trained networks and the paper's test protocol.
+    Predict(PredictArgs),
     /// Write a checkpoint's weights alone (torchvision names) to safetensors.
     Export {
         #[arg(long)]
@@ -49,6 +51,38 @@ pub enum Cmd {
     },
     /// Training throughput: compute only, data only, end to end.
     Bench(BenchCli),
+    /// Draw a run's report (loss, accuracy, lr, per-class, confusion) as PNG or SVG; several runs: overlaid.
+    Report {
+        /// Run directories (live ones too).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// The file to write, .png or .svg (default: the first run's report.png).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write an ImageNet-style folder as tar shards (webdataset style) for --dataset shards.
+    Pack {
+        /// The folder: DIR/train/<class>/ and DIR/val/<class>/.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Where the shards go: OUT/train/*.tar, OUT/val/*.tar, OUT/classes.txt.
+        #[arg(long)]
+        out: PathBuf,
+        /// Shrink images so their smallest side is at most N (re-encoded as JPEG, quality 90).
+        #[arg(long, value_name = "N")]
+        max_side: Option<u32>,
+        /// Start a new shard past this many MB.
+        #[arg(long, default_value_t = 256)]
+        shard_mb: u64,
+    },
+    /// Write a run's TensorBoard event files from its metrics.jsonl (for runs without them).
+    TensorboardExport {
+        /// The run directory.
+        run: PathBuf,
+        /// Where the event files go (default: RUN/tensorboard).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The runs in the runs directory.
     Runs {
         #[arg(long)]
@@ -78,7 +112,7 @@ pub struct ConfigArgs {
     /// A, A-LRN, B, C, D, E or vgg11, vgg11-lrn, vgg13, vgg16-c, vgg16, vgg19.
     #[arg(long)]
     pub model: Option<String>,
-    /// cifar10, cifar100, mnist, fashion-mnist or folder.
+    /// cifar10, cifar100, mnist, fashion-mnist, folder or shards (tar shards: vggtrain pack).
     #[arg(long)]
     pub dataset: Option<String>,
     #[arg(long)]
@@ -151,31 +185,73 @@ pub struct TrainArgs {
     /// Headless: progress on stderr, no TUI.
     #[arg(long)]
     pub no_tui: bool,
+    /// Headless progress: a live bar (default where stderr is a terminal),
+    /// lines (default elsewhere: logs, SLURM) or none.
+    #[arg(long, value_enum)]
+    pub progress: Option<crate::headless::Progress>,
     /// Continue a run from its newest complete checkpoint.
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
 }
 
-#[derive(Args, Debug)]
-pub struct EvalArgs {
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    #[arg(long, default_value = "test")]
-    pub split: String,
-    /// Test scales Q, averaged (e.g. 224,256,288).
-    #[arg(long, value_delimiter = ',')]
-    pub scales: Vec<i64>,
-    /// Average with the horizontally flipped image.
-    #[arg(long)]
-    pub flip: bool,
-    /// Dense evaluation (the classifier as convolutions).
+/// The views of the paper's test protocol (§3.2, §4.2-§4.4).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ViewArgs {
+    /// Test scales Q, whose posteriors are averaged (e.g. 256,384,512), or
+    /// `paper`: {S-32, S, S+32} for a fixed training scale S, {Smin,
+    /// (Smin+Smax)/2, Smax} for a jittered one. Default: the run's test scale.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub scales: Vec<String>,
+    /// Dense evaluation: the fully connected layers as convolutions over the whole image.
     #[arg(long)]
     pub dense: bool,
+    /// Multi-crop: a 5x5 grid of crops and their mirror images (50 views a scale).
+    #[arg(long)]
+    pub multi_crop: bool,
+    /// Average with the horizontally flipped image (of the centre crop, of the dense image).
+    #[arg(long)]
+    pub flip: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A checkpoint; repeated, the models' posteriors are averaged (ConvNet
+    /// fusion). The first must be a checkpoint (its run names the data), the
+    /// others may be exported weights.
+    #[arg(long, required = true)]
+    pub checkpoint: Vec<PathBuf>,
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    #[command(flatten)]
+    pub views: ViewArgs,
+    /// One JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
     #[arg(long)]
     pub device: Option<String>,
     /// Where the dataset is, if not where the run found it.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// A checkpoint or exported weights; repeated, the posteriors are averaged.
+    #[arg(long, required = true)]
+    pub checkpoint: Vec<PathBuf>,
+    #[command(flatten)]
+    pub views: ViewArgs,
+    /// The classes shown for each image.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    /// One JSON object a line: image, probs (one per class), top.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long)]
+    pub device: Option<String>,
+    /// JPEG or PNG files, any size, grey or colour.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -201,9 +277,18 @@ pub struct BenchCli {
     /// Memory layout: true (NHWC, the trainer's default) or false (NCHW).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub channels_last: bool,
-    /// JPEGs generated for the folder pipeline (0 = skip it).
+    /// An ImageNet-style folder (DIR/train/<class>/*.jpg, or DIR/<class>/):
+    /// its JPEG pipeline timed per thread count, then end to end (with
+    /// --input 224 for the ImageNet crop).
+    #[arg(long, value_name = "DIR")]
+    pub folder: Option<std::path::PathBuf>,
+    /// The training scale S the folder's images are rescaled to.
     #[arg(long, default_value_t = 256)]
-    pub folder_images: usize,
+    pub scale: u32,
+    /// Decoding threads for the folder's end-to-end run, as data.workers
+    /// (0: the default for the device).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
     /// One JSON object instead of the table.
     #[arg(long)]
     pub json: bool,

@@ -91,6 +91,9 @@ pub enum DatasetName {
     FashionMnist,
     /// root/train/<class>/*.jpg and root/val/<class>/*.jpg
     Folder,
+    /// root/train/*.tar and root/val/*.tar, webdataset style (KEY.jpg +
+    /// KEY.cls), and root/classes.txt
+    Shards,
 }
 
 impl DatasetName {
@@ -101,6 +104,22 @@ impl DatasetName {
             DatasetName::Mnist => "mnist",
             DatasetName::FashionMnist => "fashion-mnist",
             DatasetName::Folder => "folder",
+            DatasetName::Shards => "shards",
+        }
+    }
+
+    /// Images decoded a batch at a time (folders, shards), not read into
+    /// memory.
+    pub fn decoded(self) -> bool {
+        matches!(self, DatasetName::Folder | DatasetName::Shards)
+    }
+
+    /// The side of the dataset's square images (folders: none).
+    pub fn native_side(self) -> Option<i64> {
+        match self {
+            DatasetName::Mnist | DatasetName::FashionMnist => Some(28),
+            DatasetName::Cifar10 | DatasetName::Cifar100 => Some(32),
+            DatasetName::Folder | DatasetName::Shards => None,
         }
     }
 }
@@ -256,6 +275,8 @@ pub struct RunConfig {
     pub keep_last: usize,
     /// Save a checkpoint every N epochs (0 = only on demand and at the end).
     pub checkpoint_every: usize,
+    /// Write TensorBoard event files in RUN/tensorboard/.
+    pub tensorboard: bool,
 }
 
 impl Default for RunConfig {
@@ -265,6 +286,7 @@ impl Default for RunConfig {
             name: None,
             keep_last: 3,
             checkpoint_every: 1,
+            tensorboard: true,
         }
     }
 }
@@ -393,22 +415,60 @@ impl Config {
 
     /// Checks every value that can be checked before anything starts.
     pub fn validate(&self) -> Result<()> {
-        let t = &self.train;
-        let d = &self.data;
+        self.check_finite()?;
+        self.check_ranges()?;
+        self.check_data()?;
+        if self.run.keep_last == 0 {
+            bail!("run.keep-last = 0: keep at least one checkpoint");
+        }
+        self.model_spec(1, (self.crop(), self.crop()), 10)
+            .validate()
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// The numbers of the recipe are in their ranges.
+    fn check_ranges(&self) -> Result<()> {
+        let (t, d) = (&self.train, &self.data);
+        let positive = "must be a positive number";
+        let floats = [
+            ("train.lr", t.lr, t.lr > 0.0, positive),
+            (
+                "train.momentum",
+                t.momentum,
+                (0.0..1.0).contains(&t.momentum),
+                "expected 0 <= momentum < 1",
+            ),
+            (
+                "train.weight-decay",
+                t.weight_decay,
+                t.weight_decay >= 0.0,
+                "must not be negative",
+            ),
+            (
+                "train.lr-decay-factor",
+                t.lr_decay_factor,
+                t.lr_decay_factor > 1.0,
+                "must be greater than 1",
+            ),
+            (
+                "train.step-events-per-sec",
+                t.step_events_per_sec,
+                t.step_events_per_sec > 0.0,
+                positive,
+            ),
+            ("init.std", self.init.std, self.init.std > 0.0, positive),
+            (
+                "data.pca-lighting",
+                d.pca_lighting,
+                d.pca_lighting >= 0.0,
+                "must not be negative",
+            ),
+        ];
+        if let Some((key, v, _, want)) = floats.iter().find(|f| !f.2) {
+            bail!("{key} = {v}: {want}");
+        }
         if t.batch_size < 1 {
             bail!("train.batch-size = {}: must be at least 1", t.batch_size);
-        }
-        if !(t.lr > 0.0 && t.lr.is_finite()) {
-            bail!("train.lr = {}: must be a positive number", t.lr);
-        }
-        if !(0.0..1.0).contains(&t.momentum) {
-            bail!("train.momentum = {}: expected 0 <= momentum < 1", t.momentum);
-        }
-        if t.weight_decay < 0.0 {
-            bail!("train.weight-decay = {}: must not be negative", t.weight_decay);
-        }
-        if t.lr_decay_factor <= 1.0 {
-            bail!("train.lr-decay-factor = {}: must be greater than 1", t.lr_decay_factor);
         }
         if t.epochs == 0 {
             bail!("train.epochs = 0: must be at least 1");
@@ -416,7 +476,18 @@ impl Config {
         if t.patience == 0 {
             bail!("train.patience = 0: must be at least 1");
         }
-        crate::engine::parse_device(&t.device)?;
+        if t.threads < 0 {
+            bail!(
+                "train.threads = {}: must not be negative (0 = libtorch's default)",
+                t.threads
+            );
+        }
+        crate::engine::parse_device(&t.device).map(|_| ())
+    }
+
+    /// The data settings fit together.
+    fn check_data(&self) -> Result<()> {
+        let d = &self.data;
         if d.scale[0] > d.scale[1] || d.scale[0] < 1 {
             bail!(
                 "data.scale = {:?}: expected [Smin, Smax] with 1 <= Smin <= Smax",
@@ -424,27 +495,56 @@ impl Config {
             );
         }
         if let Some(c) = d.crop {
-            if d.dataset == DatasetName::Folder && c > d.scale[0] {
+            if d.dataset.decoded() && c > d.scale[0] {
                 bail!(
                     "data.crop = {c} is larger than the smallest training scale S = {}",
                     d.scale[0]
                 );
             }
         }
+        if let Some(q) = d.test_scale {
+            if q < self.crop() {
+                bail!(
+                    "data.test-scale = {q}: the test scale Q must be at least the crop size {}",
+                    self.crop()
+                );
+            }
+        }
         if d.pad < 0 {
             bail!("data.pad = {}: must not be negative", d.pad);
-        }
-        if d.pca_lighting < 0.0 {
-            bail!("data.pca-lighting = {}: must not be negative", d.pca_lighting);
         }
         if d.subset == Some(0) {
             bail!("data.subset = 0: must be at least 1");
         }
+        if d.val_size == Some(0) {
+            bail!("data.val-size = 0: the learning-rate schedule and best.safetensors need validation images");
+        }
         if let Some(dir) = &d.dir {
-            if !(dir.is_dir() || (d.download && d.dataset != DatasetName::Folder)) {
+            if !(dir.is_dir() || (d.download && !d.dataset.decoded())) {
                 bail!("data.dir = {}: no such directory", dir.display());
             }
         }
+        Ok(())
+    }
+
+    /// Every number is finite (TOML allows inf and nan).
+    fn check_finite(&self) -> Result<()> {
+        let table: toml::Table = toml::from_str(&self.to_toml())?;
+        for (section, fields) in &table {
+            let toml::Value::Table(fields) = fields else { continue };
+            for (key, value) in fields {
+                if let toml::Value::Float(v) = value {
+                    if !v.is_finite() {
+                        bail!("{section}.{key} = {v}: must be a finite number");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The files a new run starts from exist (a resume no longer reads them).
+    pub fn validate_inputs(&self) -> Result<()> {
         for (key, path) in [
             ("init.from", &self.init.from),
             ("init.warm-start", &self.init.warm_start),
@@ -455,20 +555,14 @@ impl Config {
                 }
             }
         }
-        if self.run.keep_last == 0 {
-            bail!("run.keep-last = 0: keep at least one checkpoint");
-        }
-        self.model_spec(1, (self.crop(), self.crop()), 10)
-            .validate()
-            .map_err(|e| anyhow::anyhow!(e))
+        Ok(())
     }
 
     /// The crop the network trains on.
     pub fn crop(&self) -> i64 {
-        self.data.crop.unwrap_or(match self.data.dataset {
-            DatasetName::Folder => 224,
-            _ => 32,
-        })
+        self.data
+            .crop
+            .unwrap_or(if self.data.dataset.decoded() { 224 } else { 32 })
     }
 
     pub fn model_spec(&self, in_channels: i64, input: (i64, i64), classes: i64) -> ModelSpec {

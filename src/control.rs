@@ -41,6 +41,8 @@ pub enum CheckpointReason {
     Epoch,
     Best,
     Stop,
+    /// The run's last checkpoint, when training ends between periodic ones.
+    End,
 }
 
 /// The run as it starts.
@@ -99,7 +101,11 @@ pub struct EvalResult {
     pub per_class: Vec<f64>,
     /// confusion[true][predicted] counts.
     pub confusion: Vec<Vec<u64>>,
+    /// Images evaluated (the denominators).
     pub images: usize,
+    /// Undecodable images left out (`data.skip-bad-images`).
+    #[serde(default)]
+    pub skipped: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -115,15 +121,30 @@ pub struct EpochStats {
     pub seconds: f64,
 }
 
-/// Past epochs as a face needs them: the confusion matrix of the last only
-/// (for 1000 classes each is a million counts).
-pub fn compact_history(history: &[EpochStats]) -> Vec<EpochStats> {
-    let mut h = history.to_vec();
-    let n = h.len().saturating_sub(1);
-    for e in &mut h[..n] {
-        e.val.confusion.clear();
+/// Past epochs as the run keeps them (in memory, in checkpoints, for the
+/// faces): the confusion matrix of the newest epoch only and the per-class
+/// accuracies of the newest two (the UI's deltas). At 1,000 classes each
+/// matrix is a million counts: the rest stays a few hundred bytes an epoch.
+pub fn compact_history(history: &mut [EpochStats]) {
+    let n = history.len();
+    for (i, e) in history.iter_mut().enumerate() {
+        if i + 1 < n {
+            e.val.confusion = Vec::new();
+        }
+        if i + 2 < n {
+            e.val.per_class = Vec::new();
+        }
     }
-    h
+}
+
+/// One configuration key changed on resume.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConfigChange {
+    /// "train.epochs"
+    pub key: String,
+    /// The values as TOML ("unset" when absent).
+    pub old: String,
+    pub new: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -153,6 +174,10 @@ pub enum Event {
         path: PathBuf,
         reason: CheckpointReason,
     },
+    /// Keys changed on resume, applied and written to the run's config.toml.
+    ConfigChanged {
+        changes: Vec<ConfigChange>,
+    },
     Paused,
     Resumed,
     /// Something worth showing: warm-start layers, skipped images, ...
@@ -166,6 +191,15 @@ pub enum Event {
     Failed {
         message: String,
     },
+}
+
+/// " (N undecodable images skipped)" when N > 0.
+fn skipped_note(n: usize) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} undecodable images skipped)")
+    }
 }
 
 /// Non-finite numbers as the strings "NaN", "inf", "-inf" (JSON has none).
@@ -219,13 +253,14 @@ impl Event {
             ),
             Event::Step { .. } => return None,
             Event::Epoch(e) => format!(
-                "epoch {} | train loss {:.4} acc {:.2}% | val loss {:.4} top-1 {:.2}% top-5 {:.2}% | best {:.2}% | lr {:.1e} | {:.1}s",
+                "epoch {} | train loss {:.4} acc {:.2}% | val loss {:.4} top-1 {:.2}% top-5 {:.2}%{} | best {:.2}% | lr {:.1e} | {:.1}s",
                 e.epoch,
                 e.train_loss,
                 100.0 * e.train_acc,
                 e.val.loss,
                 100.0 * e.val.top1,
                 100.0 * e.val.top5,
+                skipped_note(e.val.skipped),
                 100.0 * e.best_top1,
                 e.lr,
                 e.seconds
@@ -237,15 +272,24 @@ impl Event {
             Event::CheckpointSaved { path, reason } => {
                 format!("checkpoint saved ({}): {}", format!("{reason:?}").to_lowercase(), path.display())
             }
+            Event::ConfigChanged { changes } => format!(
+                "config changed on resume: {}",
+                changes
+                    .iter()
+                    .map(|c| format!("{} {} -> {}", c.key, c.old, c.new))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Event::Paused => "paused".into(),
             Event::Resumed => "resumed".into(),
             Event::Log { message } => message.clone(),
             Event::Finished { reason, test } => match test {
                 Some(t) => format!(
-                    "finished ({reason}) | test top-1 {:.2}% top-5 {:.2}% on {} images",
+                    "finished ({reason}) | test top-1 {:.2}% top-5 {:.2}% on {} images{}",
                     100.0 * t.top1,
                     100.0 * t.top5,
-                    t.images
+                    t.images,
+                    skipped_note(t.skipped)
                 ),
                 None => format!("finished ({reason})"),
             },

@@ -1,11 +1,13 @@
 //! The headless face: progress lines on stderr (the run directory has the
 //! full record), and control by signals: SIGUSR1 = checkpoint now,
-//! SIGINT/SIGTERM = checkpoint then stop.
+//! SIGINT/SIGTERM = checkpoint then stop; a second one quits at once.
 use crate::control::{Command, Event, RunInfo};
 use crate::engine::EngineHandle;
 use crossbeam_channel::RecvTimeoutError;
+use indicatif::{ProgressBar, ProgressStyle};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use std::{
+    io::{IsTerminal, Write},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -22,34 +24,227 @@ pub const EXIT_SIGTERM: i32 = 143;
 /// Seconds between step lines.
 const STEP_LINE_EVERY: Duration = Duration::from_secs(5);
 
+/// SIGINT and SIGTERM caught as flags (for the time before a face runs).
+pub struct StopSignals {
+    int: Arc<AtomicBool>,
+    term: Arc<AtomicBool>,
+}
+
+fn flag(sig: i32) -> Arc<AtomicBool> {
+    let f = Arc::new(AtomicBool::new(false));
+    let _ = signal_hook::flag::register(sig, f.clone());
+    f
+}
+
+impl StopSignals {
+    pub fn new() -> StopSignals {
+        StopSignals {
+            int: flag(SIGINT),
+            term: flag(SIGTERM),
+        }
+    }
+
+    /// The exit code of a signal received, if one was.
+    pub fn code(&self) -> Option<i32> {
+        if self.int.load(Ordering::SeqCst) {
+            Some(EXIT_SIGINT)
+        } else if self.term.load(Ordering::SeqCst) {
+            Some(EXIT_SIGTERM)
+        } else {
+            None
+        }
+    }
+}
+
+impl Default for StopSignals {
+    fn default() -> Self {
+        StopSignals::new()
+    }
+}
+
+/// Ends the process now, without waiting for the engine and without the
+/// exit handlers (libtorch's static destructors would race the engine
+/// thread, which may still be computing).
+pub fn exit_now(code: i32) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    unsafe { libc::_exit(code) }
+}
+
 fn hms(secs: f64) -> String {
     let s = secs.max(0.0) as u64;
     format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
+/// How training progress shows on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Progress {
+    /// A live bar for the epoch (on a terminal; else lines).
+    Bar,
+    /// A step line every 5 seconds (logs, SLURM, nohup).
+    Lines,
+    /// No step progress (the epoch lines and the rest stay).
+    None,
+}
+
+impl Progress {
+    /// The asked-for mode; unasked: a bar where stderr is a terminal. A bar
+    /// needs a terminal: redirected, it is lines (never `\r` in a log).
+    pub fn resolve(asked: Option<Progress>) -> Progress {
+        let tty = std::io::stderr().is_terminal();
+        match asked.unwrap_or(Progress::Bar) {
+            Progress::Bar if !tty => Progress::Lines,
+            p => p,
+        }
+    }
+}
+
+/// The progress face on stderr: lines, or a bar with the lines above it.
+struct Out {
+    mode: Progress,
+    bar: Option<ProgressBar>,
+    last_line: Instant,
+    info: Option<RunInfo>,
+    epoch: usize,
+}
+
+impl Out {
+    fn new(mode: Progress) -> Out {
+        Out {
+            mode,
+            bar: None,
+            last_line: Instant::now() - STEP_LINE_EVERY,
+            info: None,
+            epoch: 0,
+        }
+    }
+
+    /// A line for people, above the bar if there is one.
+    fn line(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn started(&mut self, info: &RunInfo) {
+        self.info = Some(info.clone());
+        if self.mode == Progress::Bar && self.bar.is_none() {
+            let bar = ProgressBar::new(info.steps_per_epoch as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{prefix} [{bar:32}] {pos}/{len} · {msg} · ETA {eta}")
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+            );
+            self.bar = Some(bar);
+        }
+    }
+
+    fn step(&mut self, epoch: usize, step: usize, loss: f64, lr: f64, ips: f64) {
+        let (steps, epochs) = self
+            .info
+            .as_ref()
+            .map(|i| (i.steps_per_epoch, i.epochs))
+            .unwrap_or((0, 0));
+        if let Some(bar) = &self.bar {
+            if epoch != self.epoch {
+                bar.reset();
+                bar.set_prefix(format!("epoch {epoch}/{epochs}"));
+            }
+            bar.set_position(step as u64);
+            bar.set_message(format!("loss {loss:.4} · lr {lr:.1e} · {ips:.0} img/s"));
+            self.epoch = epoch;
+            return;
+        }
+        if self.mode == Progress::None || self.last_line.elapsed() < STEP_LINE_EVERY {
+            return;
+        }
+        self.last_line = Instant::now();
+        let batch = self.info.as_ref().map(|i| i.batch_size as f64).unwrap_or(0.0);
+        let left_epoch = steps.saturating_sub(step) as f64 * batch;
+        let left_run = left_epoch + (epochs.saturating_sub(epoch)) as f64 * steps as f64 * batch;
+        let eta = |imgs: f64| {
+            if ips > 0.0 {
+                hms(imgs / ips)
+            } else {
+                "?".into()
+            }
+        };
+        eprintln!(
+            "epoch {epoch}/{epochs} step {step}/{steps} | loss {loss:.4} | lr {lr:.1e} | {ips:.0} img/s | ETA epoch {} run {}",
+            eta(left_epoch),
+            eta(left_run)
+        );
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// A spinner on stderr while the run is prepared (a line where stderr is
+/// not a terminal, or with `none`).
+pub struct Preparing(Option<ProgressBar>);
+
+impl Preparing {
+    pub fn start(mode: Progress, what: &str) -> Preparing {
+        let text = format!("preparing the run: {what}");
+        if mode != Progress::Bar {
+            eprintln!("{text}");
+            return Preparing(None);
+        }
+        let spinner = ProgressBar::new_spinner();
+        spinner.set_message(text);
+        Preparing(Some(spinner))
+    }
+
+    pub fn tick(&self) {
+        if let Some(s) = &self.0 {
+            s.tick();
+        }
+    }
+
+    pub fn done(self) {
+        if let Some(s) = self.0 {
+            s.finish_and_clear();
+        }
+    }
+}
+
 /// Runs until the engine finishes; returns the process exit code.
-pub fn run(handle: EngineHandle) -> i32 {
-    let flag = |sig| {
-        let f = Arc::new(AtomicBool::new(false));
-        let _ = signal_hook::flag::register(sig, f.clone());
-        f
-    };
+pub fn run(handle: EngineHandle, progress: Progress) -> i32 {
     let (int, term, usr1) = (flag(SIGINT), flag(SIGTERM), flag(SIGUSR1));
     let mut code = EXIT_OK;
     let mut stopping = false;
-    let mut info: Option<RunInfo> = None;
-    let mut last_line = Instant::now() - STEP_LINE_EVERY;
+    let mut out = Out::new(progress);
+    // The GPU's memory, for the epoch lines (nothing on the CPU or without NVML).
+    let gpus = crate::gpu::watch(handle.device);
+    let mut peak_mb: Option<f64> = None;
     loop {
+        for samples in gpus.iter().flat_map(|rx| rx.try_iter()) {
+            for g in samples {
+                let mb = g.process_mb.unwrap_or(g.used_mb);
+                peak_mb = Some(peak_mb.map_or(mb, |p| p.max(mb)));
+            }
+        }
         if usr1.swap(false, Ordering::SeqCst) {
             handle.send(Command::SaveCheckpoint);
         }
         for (f, c) in [(&int, EXIT_SIGINT), (&term, EXIT_SIGTERM)] {
-            if f.swap(false, Ordering::SeqCst) && !stopping {
-                stopping = true;
-                code = c;
-                eprintln!("signal received: saving a checkpoint, then stopping");
-                handle.send(Command::Stop { save: true });
+            if !f.swap(false, Ordering::SeqCst) {
+                continue;
             }
+            if stopping {
+                out.line("second signal: quitting now; the run resumes from its last checkpoint");
+                crate::engine::run_dir::abandon(&handle.run_dir);
+                exit_now(code);
+            }
+            stopping = true;
+            code = c;
+            out.line("signal received: saving a checkpoint, then stopping (again to quit at once)");
+            handle.send(Command::Stop { save: true });
         }
         let event = match handle.events.recv_timeout(Duration::from_millis(100)) {
             Ok(e) => e,
@@ -57,7 +252,7 @@ pub fn run(handle: EngineHandle) -> i32 {
             Err(RecvTimeoutError::Disconnected) => break,
         };
         match &event {
-            Event::Started(i) => info = Some(i.clone()),
+            Event::Started(i) => out.started(i),
             Event::Step {
                 epoch,
                 step,
@@ -65,36 +260,19 @@ pub fn run(handle: EngineHandle) -> i32 {
                 lr,
                 images_per_sec,
                 ..
-            } => {
-                if last_line.elapsed() < STEP_LINE_EVERY {
-                    continue;
-                }
-                last_line = Instant::now();
-                let (steps, epochs) = info.as_ref().map(|i| (i.steps_per_epoch, i.epochs)).unwrap_or((0, 0));
-                let batch = info.as_ref().map(|i| i.batch_size as f64).unwrap_or(0.0);
-                let left_epoch = steps.saturating_sub(*step) as f64 * batch;
-                let left_run = left_epoch + (epochs.saturating_sub(*epoch)) as f64 * steps as f64 * batch;
-                let eta = |imgs: f64| {
-                    if *images_per_sec > 0.0 {
-                        hms(imgs / images_per_sec)
-                    } else {
-                        "?".into()
-                    }
-                };
-                eprintln!(
-                    "epoch {epoch}/{epochs} step {step}/{steps} | loss {loss:.4} | lr {lr:.1e} | {images_per_sec:.0} img/s | ETA epoch {} run {}",
-                    eta(left_epoch),
-                    eta(left_run)
-                );
-                continue;
-            }
+            } => out.step(*epoch, *step, *loss, *lr, *images_per_sec),
             Event::Failed { .. } => code = EXIT_FAILED,
             _ => {}
         }
-        if let Some(line) = event.summary() {
-            eprintln!("{line}");
+        if let Some(mut line) = event.summary() {
+            if let (Event::Epoch(_), Some(mb)) = (&event, peak_mb) {
+                line += &format!(" | peak GPU memory {:.1} GB", mb / 1024.0);
+                peak_mb = None;
+            }
+            out.line(&line);
         }
     }
+    out.finish();
     handle.join();
     code
 }

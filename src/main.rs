@@ -18,6 +18,7 @@ fn main() {
             train(args)
         }
         Cmd::Eval(args) => commands::eval(&args).map(|_| 0),
+        Cmd::Predict(args) => commands::predict(&args).map(|_| 0),
         Cmd::Export { checkpoint, out } => commands::export(&checkpoint, &out).map(|_| 0),
         Cmd::Models {
             input,
@@ -30,6 +31,14 @@ fn main() {
             command: ConfigCmd::Show(args),
         } => commands::config_show(&args).map(|_| 0),
         Cmd::Runs { runs_dir } => commands::runs(runs_dir).map(|_| 0),
+        Cmd::Report { runs, out } => commands::report(&runs, out).map(|_| 0),
+        Cmd::Pack {
+            data_dir,
+            out,
+            max_side,
+            shard_mb,
+        } => commands::pack(data_dir, out, max_side, shard_mb).map(|_| 0),
+        Cmd::TensorboardExport { run, out } => commands::tensorboard_export(&run, out).map(|_| 0),
         Cmd::Attach { run, runs_dir } => commands::attach(run, runs_dir),
         Cmd::Bench(args) => commands::bench(&args).map(|_| 0),
     };
@@ -44,10 +53,47 @@ fn main() {
 
 fn train(args: vggtrain::cli::TrainArgs) -> anyhow::Result<i32> {
     let layered = commands::layered(&args.config)?;
-    let handle = engine::spawn(layered.config, args.resume.as_deref())?;
+    // Flags and the environment, as opposed to the run's own config.toml.
+    let explicit = layered
+        .sources
+        .iter()
+        .filter(|(_, source)| *source == "flag" || source.starts_with("env "))
+        .map(|(key, _)| key.clone())
+        .collect();
+    let start = engine::Start {
+        config: layered.config,
+        resume: args.resume.clone(),
+        explicit,
+    };
+    // Until a face takes the signals, SIGINT and SIGTERM end the preparation.
+    let stop = headless::StopSignals::new();
+    let progress = headless::Progress::resolve(args.progress);
+    let preparing = headless::Preparing::start(
+        progress,
+        if args.resume.is_some() {
+            "reading the dataset and building the network, loading the checkpoint"
+        } else {
+            "reading the dataset and building the network"
+        },
+    );
+    let spawned = engine::spawn(start, &|| {
+        preparing.tick();
+        stop.code()
+    });
+    preparing.done();
+    let handle = match spawned {
+        Ok(h) => h,
+        Err(e) => match e.downcast_ref::<engine::Interrupted>() {
+            Some(engine::Interrupted(code)) => {
+                eprintln!("{e}");
+                headless::exit_now(*code)
+            }
+            None => return Err(e),
+        },
+    };
     Ok(if args.no_tui || !std::io::stdout().is_terminal() {
-        headless::run(handle)
+        headless::run(handle, progress)
     } else {
-        ui::run(handle)?
+        ui::run(handle, progress)?
     })
 }

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 use vggtrain::attach::{self, client, Frame, RunState};
-use vggtrain::control::{self, CheckpointReason, Event};
+use vggtrain::control::{CheckpointReason, Event};
 use vggtrain::ui::app::App;
 
 mod common;
@@ -421,7 +421,7 @@ fn the_engine_drives_an_attached_app() -> anyhow::Result<()> {
     cfg.train.threads = 1;
     cfg.run.runs_dir = Some(tmp.path().to_owned());
     cfg.run.name = Some("app".into());
-    let handle = vggtrain::engine::spawn(cfg, None)?;
+    let handle = vggtrain::engine::spawn(vggtrain::engine::Start::new(cfg), &|| None)?;
     // Connected before the first event: the snapshot may be nearly empty.
     let conn = client::connect(&handle.run_dir)?;
     let mut app = App::attached(&conn.snapshot);
@@ -439,9 +439,9 @@ fn the_engine_drives_an_attached_app() -> anyhow::Result<()> {
     assert_eq!(app.exit_code(), None, "ended runs wait for q");
     // What the app saw is what the engine said.
     let last_local = local.iter().rev().find_map(|e| match e {
-        Event::Epoch(s) => Some(control::compact_history(std::slice::from_ref(s))),
+        Event::Epoch(s) => Some(s.val.top1),
         _ => None,
     });
-    assert_eq!(app.epochs.last().map(|e| e.top1), last_local.map(|h| h[0].val.top1));
+    assert_eq!(app.epochs.last().map(|e| e.top1), last_local);
     Ok(())
 }

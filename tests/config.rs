@@ -116,9 +116,12 @@ fn paper_imagenet_jitter_takes_a_warm_start() {
     let l = Config::layered(Some(&file), no_env(), &[set]).unwrap();
     assert_eq!(l.config.init.warm_start.as_deref(), Some(a.as_path()));
     assert_eq!(l.sources["init.warm-start"], "flag");
+    // A new run needs the file; a resume does not (its checkpoint holds the
+    // weights), so the layered config itself is fine without it.
     let missing = tmp.path().join("none.safetensors");
     let set = format!("init.warm-start={:?}", missing.display().to_string());
-    let err = format!("{:#}", Config::layered(Some(&file), no_env(), &[set]).err().unwrap());
+    let l = Config::layered(Some(&file), no_env(), &[set]).unwrap();
+    let err = format!("{:#}", l.config.validate_inputs().unwrap_err());
     assert!(
         err.contains("init.warm-start") && err.contains("none.safetensors"),
         "{err}"
@@ -169,7 +172,27 @@ fn defaults_are_the_papers_recipe_and_valid() {
 
 #[test]
 fn invalid_values_are_clear_errors() {
-    let cases: [(&[&str], &[&str]); 13] = [
+    let cases: [(&[&str], &[&str]); 23] = [
+        // Non-finite and out-of-range numbers (TOML has inf and nan).
+        (
+            &["train.lr-decay-factor=inf"],
+            &["train.lr-decay-factor = inf", "finite"],
+        ),
+        (&["train.weight-decay=nan"], &["train.weight-decay = NaN", "finite"]),
+        (&["train.lr=inf"], &["train.lr = inf", "finite"]),
+        (&["init.std=-inf"], &["init.std = -inf", "finite"]),
+        (&["init.std=0"], &["init.std = 0", "positive"]),
+        (
+            &["train.step-events-per-sec=0"],
+            &["train.step-events-per-sec = 0", "positive"],
+        ),
+        (&["train.threads=-2"], &["train.threads = -2", "negative"]),
+        (&["data.val-size=0"], &["data.val-size = 0", "schedule"]),
+        (
+            &["data.dataset=\"folder\"", "data.test-scale=200"],
+            &["data.test-scale = 200", "at least the crop size 224"],
+        ),
+        (&["data.test-scale=-5"], &["data.test-scale = -5", "crop size 32"]),
         (&["train.batch-size=0"], &["train.batch-size = 0", "at least 1"]),
         (&["train.lr=0"], &["train.lr = 0", "positive"]),
         (&["train.lr=-0.1"], &["train.lr = -0.1", "positive"]),
@@ -231,7 +254,8 @@ fn validate_checks_a_config_built_in_code() {
     assert!(err.contains("train.batch-size = 0"), "{err}");
     let mut c = Config::default();
     c.init.from = Some(PathBuf::from("/nonexistent/weights.safetensors"));
-    let err = c.validate().unwrap_err().to_string();
+    c.validate().unwrap();
+    let err = c.validate_inputs().unwrap_err().to_string();
     assert!(err.contains("init.from = /nonexistent/weights.safetensors"), "{err}");
 }
 

@@ -15,12 +15,16 @@ use std::{
     thread::JoinHandle,
     time::Duration,
 };
+mod common;
+use common::have_data;
 use tch::{Device, Kind, Tensor};
 use vggtrain::config::{DataConfig, DatasetName, Normalize, PcaSource};
 use vggtrain::data::{
     self,
-    augment::{self, Augment, Stats},
-    cifar, download, folder, idx, Images, Source, SplitMix,
+    augment::{self, Augment, Normalise, Stats},
+    cifar, download, folder, idx,
+    shards::Member,
+    Images, Source, SplitMix,
 };
 
 // ---------------------------------------------------------------- helpers
@@ -323,8 +327,8 @@ fn folder_scan_decode_and_load() {
     let (classes, files) = folder::scan(&root.join("train")).unwrap();
     assert_eq!(classes, ["cat", "dog"]);
     assert_eq!(files.len(), 8);
-    assert_eq!(files[0], (root.join("train/cat/0.jpg"), 0));
-    assert_eq!(files[7], (root.join("train/dog/3.jpg"), 1));
+    assert_eq!(files[0], (Member::File(root.join("train/cat/0.jpg")), 0));
+    assert_eq!(files[7], (Member::File(root.join("train/dog/3.jpg")), 1));
 
     // PNG, flat colour: the smallest side rescaled to 20, a 16x16 centre crop.
     let cut = folder::Cut {
@@ -333,7 +337,7 @@ fn folder_scan_decode_and_load() {
         fx: 0.5,
         fy: 0.5,
     };
-    let (px, w, h) = folder::decode(&root.join("val/cat/0.png"), cut).unwrap();
+    let (px, w, h) = folder::decode(&Member::File(root.join("val/cat/0.png")), cut, false).unwrap();
     assert_eq!((w, h, px.len()), (16, 16, 3 * 16 * 16));
     let rgb = colours["cat"];
     for c in 0..3 {
@@ -341,20 +345,23 @@ fn folder_scan_decode_and_load() {
     }
     // crop = 0 keeps the whole rescaled image: 40x30 -> smallest side 15 -> 20x15.
     let (px, w, h) = folder::decode(
-        &root.join("val/dog/0.png"),
+        &Member::File(root.join("val/dog/0.png")),
         folder::Cut {
             scale: 15,
             crop: 0,
             fx: 0.5,
             fy: 0.5,
         },
+        false,
     )
     .unwrap();
     assert_eq!((w, h, px.len()), (20, 15, 3 * 20 * 15));
     assert_eq!(&px[..1], &[10]);
-    // JPEG: the shape.
-    let (px, w, h) = folder::decode(&root.join("train/dog/2.jpg"), cut).unwrap();
-    assert_eq!((w, h, px.len()), (16, 16, 768));
+    // JPEG: the shape, decoded in full and at a DCT scale.
+    for draft in [false, true] {
+        let (px, w, h) = folder::decode(&Member::File(root.join("train/dog/2.jpg")), cut, draft).unwrap();
+        assert_eq!((w, h, px.len()), (16, 16, 768));
+    }
 
     let config = DataConfig {
         scale: [32, 40],
@@ -369,7 +376,7 @@ fn folder_scan_decode_and_load() {
     let Source::Folder(train) = &ds.train else {
         panic!("folder split")
     };
-    let plan = folder::Plan::new(&config, 24);
+    let plan = folder::Plan::new(&config, 24, Device::Cpu);
     assert_eq!(plan.test_scale, 36);
     let batch = plan.batch(train, &[0, 1, 2], true, 5).unwrap();
     assert_eq!(
@@ -607,33 +614,37 @@ fn bad_folders_are_clear_errors() {
         fx: 0.5,
         fy: 0.5,
     };
-    let err = err_text(folder::decode(&bad, cut));
-    assert!(
-        err.contains(&bad.display().to_string()) && err.contains("not a decodable image"),
-        "{err}"
-    );
+    for draft in [false, true] {
+        let err = err_text(folder::decode(&Member::File(bad.clone()), cut, draft));
+        assert!(
+            err.contains(&bad.display().to_string()) && err.contains("not a decodable image"),
+            "{err}"
+        );
+    }
 
     let (_, files) = folder::scan(&root.join("train")).unwrap();
-    let items = folder::Items {
-        files: Arc::new(files.clone()),
-    };
-    let at = files.iter().position(|(p, _)| *p == bad).unwrap();
+    let items = folder::Items::of(files.clone());
+    let at = files.iter().position(|(p, _)| *p == Member::File(bad.clone())).unwrap();
     let config = DataConfig {
         scale: [32, 32],
         ..cfg(DatasetName::Folder, root)
     };
     let all: Vec<usize> = (0..files.len()).collect();
-    let err = err_text(folder::Plan::new(&config, 24).batch(&items, &all, true, 0));
+    let err = err_text(folder::Plan::new(&config, 24, Device::Cpu).batch(&items, &all, true, 0));
     assert!(err.contains("x.jpg"), "{err}");
     let skipping = DataConfig {
         skip_bad_images: true,
         ..config
     };
-    let batch = folder::Plan::new(&skipping, 24).batch(&items, &all, true, 0).unwrap();
+    let batch = folder::Plan::new(&skipping, 24, Device::Cpu)
+        .batch(&items, &all, true, 0)
+        .unwrap();
     assert_eq!(batch.skipped, 1);
     assert_eq!(batch.labels.len(), files.len() - 1);
     assert_eq!(batch.pixels.len(), (files.len() - 1) * 3 * 24 * 24);
-    let only_bad = folder::Plan::new(&skipping, 24).batch(&items, &[at], false, 0).unwrap();
+    let only_bad = folder::Plan::new(&skipping, 24, Device::Cpu)
+        .batch(&items, &[at], false, 0)
+        .unwrap();
     assert_eq!((only_bad.skipped, only_bad.labels.len()), (1, 0));
 }
 
@@ -655,6 +666,11 @@ static TORCH_RNG: Mutex<()> = Mutex::new(());
 
 fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
     TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The images without augmentation: x / 255, normalised with `stats`.
+fn plain(x: &Tensor, stats: &Stats) -> Tensor {
+    Normalise::new(&stats.mean, None, Device::Cpu).apply(&(x.to_kind(Kind::Float) / 255.0))
 }
 
 fn batch_u8(n: i64, seed: i64) -> Tensor {
@@ -679,27 +695,24 @@ fn training_transform_is_random_and_seeded_evaluation_deterministic() {
     assert!(a.equal(&b), "same seed, different batches");
     assert!(!a.equal(&c), "different seeds, same batches");
 
-    let e1 = aug.eval(&x);
-    tch::manual_seed(3);
-    let e2 = aug.eval(&x);
-    assert!(e1.equal(&e2));
-    // Evaluation is x / 255 - mean (normalize = mean, the paper).
+    // Without augmentation, training is x / 255 - mean (normalize = mean, the paper).
+    let none = Augment::new(&aug_cfg(0, false, 0.0), &stats, 0, None, Device::Cpu);
     let mean = Tensor::from_slice(&stats.mean).to_kind(Kind::Float).view([1, 3, 1, 1]);
     let expected = x.to_kind(Kind::Float) / 255.0 - mean;
-    assert!((e1 - expected).abs().max().double_value(&[]) < 1e-6);
+    assert!((none.train(&x) - &expected).abs().max().double_value(&[]) < 1e-6);
+    assert!((plain(&x, &stats) - expected).abs().max().double_value(&[]) < 1e-6);
 
     // mean-std divides by the standard deviation too.
     let cfg = DataConfig {
         normalize: Normalize::MeanStd,
-        ..aug_cfg(4, true, 0.1)
+        ..aug_cfg(0, false, 0.0)
     };
-    let e = Augment::new(&cfg, &stats, 4, None, Device::Cpu).eval(&x);
+    let e = Augment::new(&cfg, &stats, 0, None, Device::Cpu).train(&x);
     let per_channel = e.transpose(0, 1).flatten(1, -1).std_dim(1, true, false);
     assert!((per_channel - 1.0).abs().max().double_value(&[]) < 0.01);
 
     // Upscaling to a larger crop.
     let up = Augment::new(&aug_cfg(0, false, 0.0), &stats, 0, Some(64), Device::Cpu);
-    assert_eq!(up.eval(&x).size(), [8, 3, 64, 64]);
     assert_eq!(up.train(&x).size(), [8, 3, 64, 64]);
 }
 
@@ -711,7 +724,7 @@ fn flips_are_horizontal_only() {
     let aug = Augment::new(&aug_cfg(0, true, 0.0), &stats, 0, None, Device::Cpu);
     tch::manual_seed(5);
     let out = aug.train(&x);
-    let plain = aug.eval(&x);
+    let plain = plain(&x, &stats);
     let (mut kept, mut flipped) = (0, 0);
     for i in 0..64 {
         let (o, p) = (out.get(i), plain.get(i));
@@ -739,7 +752,7 @@ fn pad_and_crop_is_a_shifted_window() {
     tch::manual_seed(7);
     let out = aug.train(&x);
     // Padding is the mean colour: 0 after normalisation.
-    let padded = aug.eval(&x).constant_pad_nd([4, 4, 4, 4]);
+    let padded = plain(&x, &stats).constant_pad_nd([4, 4, 4, 4]);
     let mut offsets = Vec::new();
     for i in 0..16 {
         let found = (0..9)
@@ -786,7 +799,7 @@ fn colour_shift_matches_the_hand_computation() {
     let stats = Stats::from_images(&x, PcaSource::Imagenet);
     let aug = Augment::new(&aug_cfg(0, false, 0.1), &stats, 0, None, Device::Cpu);
     tch::manual_seed(9);
-    let shift = aug.train(&x) - aug.eval(&x);
+    let shift = aug.train(&x) - plain(&x, &stats);
     let spread = shift.amax([2, 3].as_slice(), false) - shift.amin([2, 3].as_slice(), false);
     assert!(spread.max().double_value(&[]) < 1e-5);
     assert!(shift.abs().max().double_value(&[]) > 1e-4, "no shift applied");
@@ -819,14 +832,10 @@ fn dataset_pca_reconstructs_the_covariance() {
 
 #[test]
 fn real_fashion_mnist() {
-    let dir = Path::new("/usr/share/datasets/fashion-mnist");
-    if !dir.is_dir() {
-        eprintln!(
-            "skipped: {} is absent (apt-get install dataset-fashion-mnist)",
-            dir.display()
-        );
+    if !have_data() {
         return;
     }
+    let dir = Path::new(common::FASHION);
     let (train, test, classes) = data::read_in_memory(DatasetName::FashionMnist, dir).unwrap();
     assert_eq!((train.len(), test.len()), (60_000, 10_000));
     assert_eq!((train.c, train.h, train.w), (1, 28, 28));

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 mod common;
-use common::{have_data, wait_until};
+use common::{have_data, require, wait_until};
 use vggtrain::attach::{RunState, Snapshot, Stamped};
 use vggtrain::control::{CheckpointReason, Command, EpochStats, EvalResult, Event, LrCause, LrMark, RunInfo};
 use vggtrain::ui::{self, app::App, fmt, input::Input, Channels, Exit};
@@ -78,6 +78,7 @@ fn eval(per_class: &[f64], shirt_tshirt: u64) -> EvalResult {
         per_class: per_class.to_vec(),
         confusion,
         images: 100 * n,
+        skipped: 0,
     }
 }
 
@@ -691,11 +692,13 @@ fn rig(w: u16, h: u16) -> Rig {
     std::thread::spawn(move || {
         let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
         let mut app = App::new();
+        let no_gpus = crossbeam_channel::never();
         let ch = Channels {
             events: &ev_rx,
             commands: &cmd_tx,
             input: &in_rx,
             signals: &sig_rx,
+            gpus: &no_gpus,
         };
         let exit = ui::run_loop(&mut t, &mut app, &ch);
         let _ = done_tx.send((exit, text(t.backend().buffer())));
@@ -825,7 +828,7 @@ fn engine_events_drive_the_panels() -> anyhow::Result<()> {
     cfg.train.epochs = 2;
     cfg.train.device = "cpu".into();
     cfg.run.runs_dir = Some(tempdir.path().to_owned());
-    let handle = vggtrain::engine::spawn(cfg, None)?;
+    let handle = vggtrain::engine::spawn(vggtrain::engine::Start::new(cfg), &|| None)?;
     // Applied before the first step.
     handle.send(Command::DecayLr);
     let mut app = App::new();
@@ -997,11 +1000,11 @@ fn tmux_available() -> bool {
     if !have_data() {
         return false;
     }
-    if Proc::new("tmux").arg("-V").output().is_err() {
-        eprintln!("skipped: no tmux");
-        return false;
-    }
-    true
+    require(
+        Proc::new("tmux").arg("-V").output().is_ok(),
+        "tmux",
+        "apt-get install tmux",
+    )
 }
 
 fn periodic_checkpoints(run: &Path) -> Vec<PathBuf> {
@@ -1231,4 +1234,97 @@ fn tmux_hangup_then_attach_from_another_session_and_detach() {
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     wait_until("the run to exit", 120, || !alive(pid));
     assert!(!run.join("control.sock").exists());
+}
+
+#[test]
+fn tmux_headless_on_a_terminal_draws_a_progress_bar() {
+    if !tmux_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cmd = format!(
+        "{} train --no-tui --model A --width 8 --subset 2000 --epochs 1000 --batch-size 64 --device cpu --set data.val-size=256 --runs-dir {} --name bar; echo EXIT=$? > {}",
+        env!("CARGO_BIN_EXE_vggtrain"),
+        dir.display(),
+        dir.join("exit").display()
+    );
+    let t = Tmux::start("bar", &cmd, 120, 20);
+    let screen = t.wait_for("the bar", 120, |s| {
+        s.contains("epoch 1/1000 [") && s.contains("img/s · ETA")
+    });
+    assert!(!screen.contains("| ETA epoch"), "step lines on a terminal:\n{screen}");
+    // The epoch lines scroll above the bar.
+    let screen = t.wait_for("an epoch line above the bar", 120, |s| {
+        s.contains("epoch 1 | train loss")
+    });
+    let above = screen.find("epoch 1 | train loss").unwrap();
+    let bar = screen.rfind("/1000 [").unwrap();
+    assert!(above < bar, "{screen}");
+    t.keys(&["C-c"]);
+    wait_until("the run to stop", 60, || dir.join("exit").is_file());
+    assert_eq!(std::fs::read_to_string(dir.join("exit")).unwrap().trim(), "EXIT=130");
+}
+
+#[test]
+fn the_header_shows_the_gpus_and_nothing_without_them() {
+    let mut app = app_with(&fixture());
+    let s = render(&app, 200, 40);
+    lacks(&s, "GPU");
+    app.gpus = vec![vggtrain::gpu::Sample {
+        index: 0,
+        utilization: 87,
+        used_mb: 30.1 * 1024.0,
+        total_mb: 80.0 * 1024.0,
+        temperature: 64,
+        process_mb: Some(20_000.0),
+    }];
+    has(&render(&app, 200, 40), "GPU0 87% · 30.1/80.0 GB · 64°C");
+}
+
+#[test]
+fn gpu_samples_reach_the_screen_and_the_loop_outlives_the_sampler() {
+    let (ev_tx, ev_rx) = bounded::<Event>(4096);
+    let (cmd_tx, _cmd_rx) = unbounded();
+    let (_in_tx, in_rx) = unbounded::<vggtrain::ui::input::Input>();
+    let (sig_tx, sig_rx) = unbounded::<i32>();
+    let (gpu_tx, gpu_rx) = unbounded();
+    let sample = vggtrain::gpu::Sample {
+        index: 1,
+        utilization: 42,
+        used_mb: 1024.0,
+        total_mb: 2048.0,
+        temperature: 50,
+        process_mb: None,
+    };
+    gpu_tx.send(vec![sample]).unwrap();
+    // The sampler ends: the loop goes on without it.
+    drop(gpu_tx);
+    for e in fixture() {
+        ev_tx.send(e).unwrap();
+    }
+    let looped = std::thread::spawn(move || {
+        let mut t = Terminal::new(TestBackend::new(200, 40)).unwrap();
+        let mut app = App::new();
+        let ch = Channels {
+            events: &ev_rx,
+            commands: &cmd_tx,
+            input: &in_rx,
+            signals: &sig_rx,
+            gpus: &gpu_rx,
+        };
+        ui::run_loop(&mut t, &mut app, &ch);
+        text(t.backend().buffer())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    ev_tx
+        .send(Event::Finished {
+            reason: "done".into(),
+            test: None,
+        })
+        .unwrap();
+    // SIGINT after the end: quit.
+    sig_tx.send(libc::SIGINT).unwrap();
+    let screen = looped.join().unwrap();
+    has(&screen, "GPU1 42% · 1.0/2.0 GB · 50°C");
 }

@@ -474,6 +474,7 @@ mod tests {
                 top5: 0.9,
                 per_class: vec![0.5, 0.5],
                 confusion: vec![vec![1, 1], vec![1, 1]],
+                skipped: 0,
                 images: 4,
             },
             best_top1: 0.5,

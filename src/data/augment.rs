@@ -65,7 +65,39 @@ pub fn color_shift(alpha: &Tensor, eigval: &Tensor, eigvec: &Tensor) -> Tensor {
     (alpha * eigval).matmul(&eigvec.tr())
 }
 
-/// Turns u8 batches into normalised float batches.
+/// The input normalisation: subtract the per-channel mean (pixels in
+/// [0, 1]), then divide by the standard deviation when there is one.
+pub struct Normalise {
+    mean: Tensor,
+    std: Option<Tensor>,
+}
+
+impl Normalise {
+    pub fn new(mean: &[f64], std: Option<&[f64]>, device: Device) -> Normalise {
+        let c = mean.len() as i64;
+        let t = |v: &[f64]| {
+            Tensor::from_slice(v)
+                .to_kind(Kind::Float)
+                .view([1, c, 1, 1])
+                .to_device(device)
+        };
+        Normalise {
+            mean: t(mean),
+            std: std.map(|s| t(s).clamp_min(1e-6)),
+        }
+    }
+
+    /// Float images [B, C, H, W] in [0, 1], normalised.
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        let x = x - &self.mean;
+        match &self.std {
+            Some(std) => x / std,
+            None => x,
+        }
+    }
+}
+
+/// Turns u8 training batches into augmented, normalised float batches.
 pub struct Augment {
     /// Pad-and-random-crop, pixels each side (0 = none).
     pad: i64,
@@ -73,8 +105,7 @@ pub struct Augment {
     pca_std: f64,
     /// Upscale small images to this size first (None = native size).
     upscale: Option<i64>,
-    mean: Tensor,
-    std: Option<Tensor>,
+    norm: Normalise,
     eigval: Tensor,
     eigvec: Tensor,
 }
@@ -85,13 +116,13 @@ impl Augment {
     pub fn new(cfg: &DataConfig, stats: &Stats, pad: i64, upscale: Option<i64>, device: Device) -> Augment {
         let c = stats.mean.len() as i64;
         let t = |v: &[f64], shape: &[i64]| Tensor::from_slice(v).to_kind(Kind::Float).view(shape).to_device(device);
+        let std = (cfg.normalize == Normalize::MeanStd).then_some(stats.std.as_slice());
         Augment {
             pad,
             flip: cfg.flip,
             pca_std: cfg.pca_lighting,
             upscale,
-            mean: t(&stats.mean, &[1, c, 1, 1]),
-            std: (cfg.normalize == Normalize::MeanStd).then(|| t(&stats.std, &[1, c, 1, 1]).clamp_min(1e-6)),
+            norm: Normalise::new(&stats.mean, std, device),
             eigval: t(&stats.eigval, &[c]),
             eigvec: t(&stats.eigvec, &[c, c]),
         }
@@ -103,19 +134,6 @@ impl Augment {
             Some(s) if s != x.size()[2] => x.upsample_bilinear2d([s, s], false, None, None),
             _ => x,
         }
-    }
-
-    fn normalise(&self, x: Tensor) -> Tensor {
-        let x = x - &self.mean;
-        match &self.std {
-            Some(std) => x / std,
-            None => x,
-        }
-    }
-
-    /// Deterministic: rescale (if configured) and normalise.
-    pub fn eval(&self, batch: &Tensor) -> Tensor {
-        self.normalise(self.to_float(batch))
     }
 
     /// Random horizontal flip, PCA colour shift, normalisation, then
@@ -132,7 +150,7 @@ impl Augment {
             let alpha = Tensor::randn([b, c], (Kind::Float, dev)) * self.pca_std;
             x += color_shift(&alpha, &self.eigval, &self.eigvec).view([b, c, 1, 1]);
         }
-        let x = self.normalise(x);
+        let x = self.norm.apply(&x);
         if self.pad == 0 {
             return x;
         }

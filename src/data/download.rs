@@ -56,7 +56,7 @@ fn remotes(name: DatasetName) -> Vec<Remote> {
                 ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
             ],
         ),
-        DatasetName::Folder => vec![],
+        DatasetName::Folder | DatasetName::Shards => vec![],
     }
 }
 

@@ -5,6 +5,8 @@ pub mod cifar;
 pub mod download;
 pub mod folder;
 pub mod idx;
+pub mod jpeg;
+pub mod shards;
 
 use crate::config::{DataConfig, DatasetName};
 use std::{
@@ -155,7 +157,7 @@ fn marker_present(name: DatasetName, dir: &Path) -> bool {
         DatasetName::Cifar100 => {
             dir.join(download::CIFAR100.file).is_file() || cifar_dir_has(dir, cifar::CIFAR100.test_file)
         }
-        DatasetName::Folder => dir.join("train").is_dir(),
+        DatasetName::Folder | DatasetName::Shards => dir.join("train").is_dir(),
     }
 }
 
@@ -176,7 +178,7 @@ fn idx_file(dir: &Path, stem: &str) -> Option<PathBuf> {
 /// that holds it; downloads it when asked.
 pub fn locate(cfg: &DataConfig) -> Result<PathBuf, DataError> {
     if let Some(dir) = &cfg.dir {
-        if !marker_present(cfg.dataset, dir) && cfg.download && cfg.dataset != DatasetName::Folder {
+        if !marker_present(cfg.dataset, dir) && cfg.download && !cfg.dataset.decoded() {
             download::fetch_dataset(cfg.dataset, dir)?;
         }
         if !dir.is_dir() {
@@ -192,13 +194,16 @@ pub fn locate(cfg: &DataConfig) -> Result<PathBuf, DataError> {
         return Ok(dir.clone());
     }
     let home = dirs.last().expect("at least one candidate").clone();
-    if cfg.download && cfg.dataset != DatasetName::Folder {
+    if cfg.download && !cfg.dataset.decoded() {
         download::fetch_dataset(cfg.dataset, &home)?;
         return Ok(home);
     }
     Err(DataError::Other(match cfg.dataset {
         DatasetName::Folder => {
             "a folder dataset needs data.dir (or --data-dir) = a folder with train/<class>/ and val/<class>/".into()
+        }
+        DatasetName::Shards => {
+            "a shards dataset needs data.dir (or --data-dir) = a folder with train/*.tar and val/*.tar (vggtrain pack writes one)".into()
         }
         other => format!(
             "{} not found in {}; {}",
@@ -244,7 +249,7 @@ pub fn read_in_memory(name: DatasetName, dir: &Path) -> Result<(Images, Images, 
                 .collect();
             Ok((train, test, found.unwrap_or(builtin)))
         }
-        DatasetName::Folder => unreachable!("folder datasets are not read into memory"),
+        DatasetName::Folder | DatasetName::Shards => unreachable!("folder datasets are not read into memory"),
     }
 }
 
@@ -259,6 +264,14 @@ pub enum Source {
 }
 
 impl Source {
+    /// An epoch's order of the images, from the epoch's seed.
+    pub fn order(&self, seed: u64) -> Vec<usize> {
+        match self {
+            Source::Folder(items) => items.order(seed),
+            Source::Memory { .. } => permutation(self.len(), seed),
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self {
             Source::Memory { labels, .. } => labels.size()[0] as usize,
@@ -331,7 +344,7 @@ impl SplitMix {
 /// the (seeded, shuffled) training set, subsets applied, 28x28 padded to 32.
 pub fn load(cfg: &DataConfig, crop: i64, seed: u64, device: Device) -> Result<Dataset, DataError> {
     let dir = locate(cfg)?;
-    if cfg.dataset == DatasetName::Folder {
+    if cfg.dataset.decoded() {
         return folder::load(cfg, &dir, seed, crop);
     }
     let (train, test, classes) = read_in_memory(cfg.dataset, &dir)?;

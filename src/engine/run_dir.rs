@@ -1,12 +1,12 @@
-//! A run's directory: config.toml, metrics.jsonl (one JSON object per
-//! event), train.log (the same, for people), checkpoints/, and a pid file
-//! while the run is live.
+//! A run's directory: config.toml, the recorders' files (metrics.jsonl,
+//! train.log, summary.csv, tensorboard/: see `crate::record`),
+//! checkpoints/, and a pid file while the run is live.
 use crate::config::Config;
 use crate::control::Event;
+use crate::record::{self, Recorders};
 use anyhow::{bail, Context, Result};
 use std::{
     fs::{self, File, OpenOptions},
-    io::Write,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
@@ -14,8 +14,7 @@ use std::{
 
 pub struct RunDir {
     pub path: PathBuf,
-    metrics: File,
-    log: File,
+    recorders: Recorders,
     /// Holds the run's lock while this process trains it.
     _lock: File,
 }
@@ -76,24 +75,16 @@ impl RunDir {
         restrict(&path);
         fs::write(path.join("config.toml"), cfg.to_toml())
             .with_context(|| format!("cannot write {}", path.join("config.toml").display()))?;
-        RunDir::open(&path)
+        RunDir::open(&path, cfg)
     }
 
     /// An existing run, appended to (resume); an error while another
     /// process trains it.
-    pub fn open(path: &Path) -> Result<RunDir> {
+    pub fn open(path: &Path, cfg: &Config) -> Result<RunDir> {
         let lock = take_lock(path)?;
-        let append = |name: &str| {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path.join(name))
-                .with_context(|| format!("cannot open {}", path.join(name).display()))
-        };
         let dir = RunDir {
             path: path.to_owned(),
-            metrics: append("metrics.jsonl")?,
-            log: append("train.log")?,
+            recorders: record::open(path, cfg)?,
             _lock: lock,
         };
         restrict(path);
@@ -106,20 +97,14 @@ impl RunDir {
         self.path.join("checkpoints")
     }
 
-    /// Appends the event to metrics.jsonl and train.log. A write error (a full
-    /// disk) is reported once on stderr-free channels: it must not stop training.
+    /// Hands the event to the recorders. A write error (a full disk) is
+    /// for the caller to report: it must not stop training.
     pub fn record(&mut self, event: &Event) -> std::io::Result<()> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        let mut value = serde_json::to_value(event).map_err(std::io::Error::other)?;
-        value["time"] = serde_json::json!(now);
-        writeln!(self.metrics, "{value}")?;
-        if let Some(line) = event.summary() {
-            writeln!(self.log, "[{}] {line}", timestamp())?;
-        }
-        Ok(())
+        self.recorders.record(event, now)
     }
 
     /// The run is over: no longer live.
@@ -223,9 +208,11 @@ mod tests {
         let run = tmp.path();
         fs::create_dir(run.join("checkpoints")).unwrap();
         assert!(!is_live(run), "no run yet");
-        let first = RunDir::open(run).unwrap();
+        let first = RunDir::open(run, &Config::default()).unwrap();
         assert!(is_live(run));
-        let err = RunDir::open(run).err().expect("a second trainer is refused");
+        let err = RunDir::open(run, &Config::default())
+            .err()
+            .expect("a second trainer is refused");
         assert!(
             format!("{err:#}").contains("is being trained by another process"),
             "{err:#}"
@@ -235,6 +222,9 @@ mod tests {
         first.close();
         drop(first);
         assert!(!is_live(run), "a closed run is not live");
-        assert!(RunDir::open(run).is_ok(), "a dead run can be resumed");
+        assert!(
+            RunDir::open(run, &Config::default()).is_ok(),
+            "a dead run can be resumed"
+        );
     }
 }

@@ -13,6 +13,10 @@ pub struct Schedule {
     /// Best validation top-1 so far (-1 before the first epoch).
     pub best: f64,
     pub since_best: u32,
+    /// The schedule ended the run (accuracy stalled after the last decay):
+    /// a resume trains no further.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -35,6 +39,21 @@ impl Schedule {
             decays_used: 0,
             best: -1.0,
             since_best: 0,
+            stopped: false,
+        }
+    }
+
+    /// This saved schedule under `settings`' factor, max-decays, patience
+    /// and manual counting (a resume's): a stop stands only while no decay
+    /// is left to make.
+    pub fn with_settings(self, settings: &Schedule) -> Schedule {
+        Schedule {
+            factor: settings.factor,
+            max_decays: settings.max_decays,
+            patience: settings.patience,
+            manual_counts: settings.manual_counts,
+            stopped: self.stopped && self.decays_used >= settings.max_decays,
+            ..self
         }
     }
 
@@ -56,6 +75,7 @@ impl Schedule {
         }
         self.since_best = 0;
         if self.decays_used >= self.max_decays {
+            self.stopped = true;
             return Decision::Stop;
         }
         self.decays_used += 1;

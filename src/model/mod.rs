@@ -1,8 +1,10 @@
 //! The paper's VGG configurations (Table 1), their initialisation schemes,
 //! the dense-evaluation form, and torchvision-compatible parameter names.
+pub mod card;
 mod init;
 mod weights;
 
+pub use card::Card;
 pub use init::InitScheme;
 pub use weights::{copy_weights, load_weights, warm_start_from_a};
 

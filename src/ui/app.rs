@@ -177,6 +177,8 @@ pub struct App {
     pub decays_used: u32,
     /// Smoothed images/s (0 until known).
     pub images_per_sec: f64,
+    /// The run's GPUs, newest sample (empty on the CPU or without NVML).
+    pub gpus: Vec<crate::gpu::Sample>,
     pub loss: Option<f64>,
     pub smoothed_loss: Option<f64>,
     /// Smoothed step losses, newest last.
@@ -244,6 +246,7 @@ impl App {
             lr: 0.0,
             decays_used: 0,
             images_per_sec: 0.0,
+            gpus: Vec::new(),
             loss: None,
             smoothed_loss: None,
             recent_loss: Recent::new(RECENT_STEPS),
@@ -438,12 +441,16 @@ impl App {
                     CheckpointReason::Epoch => "epoch",
                     CheckpointReason::Best => "best",
                     CheckpointReason::Stop => "stop",
+                    CheckpointReason::End => "end of training",
                 };
                 self.log(
                     LogKind::Checkpoint,
                     format!("checkpoint saved ({why}): {}", self.short_path(path)),
                 );
                 self.last_checkpoint = Some(path.clone());
+            }
+            Event::ConfigChanged { .. } => {
+                self.log(LogKind::Info, e.summary().unwrap_or_default());
             }
             Event::Paused => {
                 self.engine = EngineState::Paused;
@@ -755,9 +762,14 @@ impl App {
             return None;
         }
         if self.stopping.is_some() {
+            // A second signal while stopping: quit at once, as headless.
+            self.force_quit = true;
             return None;
         }
-        self.log(LogKind::Warning, format!("signal {sig} received"));
+        self.log(
+            LogKind::Warning,
+            format!("signal {sig} received: saving a checkpoint, then stopping (again to quit at once)"),
+        );
         self.stop(true)
     }
 
@@ -1006,6 +1018,17 @@ mod tests {
         app.on_key(q);
         assert_eq!(app.exit_code(), None);
         app.on_key(q);
+        assert!(app.forced());
+        assert_eq!(app.exit_code(), Some(EXIT_SIGINT));
+    }
+
+    #[test]
+    fn a_second_signal_while_stopping_forces() {
+        let mut app = App::new();
+        assert_eq!(app.on_signal(libc::SIGTERM), Some(Command::Stop { save: true }));
+        assert!(!app.forced());
+        assert_eq!(app.exit_code(), None, "waits for the engine to save and stop");
+        assert_eq!(app.on_signal(libc::SIGINT), None);
         assert!(app.forced());
         assert_eq!(app.exit_code(), Some(EXIT_SIGINT));
     }

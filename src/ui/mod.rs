@@ -79,6 +79,8 @@ pub struct Channels<'a> {
     pub input: &'a Receiver<Input>,
     /// Signal numbers.
     pub signals: &'a Receiver<i32>,
+    /// GPU samples (a channel that never sends without a GPU).
+    pub gpus: &'a Receiver<Vec<crate::gpu::Sample>>,
 }
 
 /// Draws one frame.
@@ -93,10 +95,10 @@ pub fn draw<B: Backend>(terminal: &mut Terminal<B>, app: &App) -> Result<(), B::
 
 /// The UI loop; returns when the UI should end (see `Exit`).
 pub fn run_loop<B: Backend>(terminal: &mut Terminal<B>, app: &mut App, ch: &Channels) -> Exit {
-    let (mut events_open, mut signals_open) = (true, true);
+    let (mut events_open, mut signals_open, mut gpus_open) = (true, true, true);
     let mut dirty = true;
     let mut last_draw: Option<Instant> = None;
-    let (no_events, no_signals) = (never::<Event>(), never::<i32>());
+    let (no_events, no_signals, no_gpus) = (never::<Event>(), never::<i32>(), never());
     loop {
         if let Some(code) = app.exit_code() {
             // The final state goes on screen before the loop ends.
@@ -119,6 +121,7 @@ pub fn run_loop<B: Backend>(terminal: &mut Terminal<B>, app: &mut App, ch: &Chan
         let timer = if dirty { after(owed) } else { never() };
         let events = if events_open { ch.events } else { &no_events };
         let signals = if signals_open { ch.signals } else { &no_signals };
+        let gpus = if gpus_open { ch.gpus } else { &no_gpus };
         select! {
             recv(events) -> e => match e {
                 Ok(e) => {
@@ -153,6 +156,13 @@ pub fn run_loop<B: Backend>(terminal: &mut Terminal<B>, app: &mut App, ch: &Chan
                     dirty = true;
                 }
                 Err(_) => signals_open = false,
+            },
+            recv(gpus) -> g => match g {
+                Ok(g) => {
+                    app.gpus = g;
+                    dirty = true;
+                }
+                Err(_) => gpus_open = false,
             },
             recv(timer) -> _ => {}
         }
@@ -349,12 +359,19 @@ impl Screen {
 
     /// The loop on this terminal; a panic in it is caught (the hook has
     /// restored the terminal and printed it).
-    fn run(&mut self, app: &mut App, events: &Receiver<Event>, commands: &Sender<Command>) -> thread::Result<Exit> {
+    fn run(
+        &mut self,
+        app: &mut App,
+        events: &Receiver<Event>,
+        commands: &Sender<Command>,
+        gpus: &Receiver<Vec<crate::gpu::Sample>>,
+    ) -> thread::Result<Exit> {
         let ch = Channels {
             events,
             commands,
             input: &self.keys,
             signals: &self.sigs,
+            gpus,
         };
         catch_unwind(AssertUnwindSafe(|| run_loop(&mut self.terminal, app, &ch)))
     }
@@ -378,17 +395,18 @@ impl Screen {
 /// Runs the TUI until the user quits (or the engine ends after the user
 /// asked it to stop); returns the process exit code. Without a usable
 /// terminal it runs headless.
-pub fn run(handle: EngineHandle) -> Result<i32> {
+pub fn run(handle: EngineHandle, progress: crate::headless::Progress) -> Result<i32> {
     let no_color = theme::no_color_from_env();
     let (mut screen, stderr_log) = match Screen::open(Some(&handle.run_dir.join("tui-stderr.log"))) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("vggtrain: {e:#}; running headless");
-            return Ok(crate::headless::run(handle));
+            return Ok(crate::headless::run(handle, progress));
         }
     };
     let mut app = App::new().with_no_color(no_color);
-    let outcome = screen.run(&mut app, &handle.events, &handle.commands);
+    let gpus = crate::gpu::watch(handle.device).unwrap_or_else(never);
+    let outcome = screen.run(&mut app, &handle.events, &handle.commands, &gpus);
     let (signals, sig_rx) = screen.close(matches!(outcome, Ok(Exit::TerminalGone)));
     let code = match outcome {
         Ok(Exit::Quit(code)) => {
@@ -419,7 +437,7 @@ pub fn run(handle: EngineHandle) -> Result<i32> {
             signals.close();
             eprintln!("vggtrain: the terminal UI crashed; training continues headless");
             handle.send(Command::Resume);
-            crate::headless::run(handle)
+            crate::headless::run(handle, progress)
         }
     };
     if let Some(p) = stderr_log {
@@ -435,7 +453,7 @@ pub fn run(handle: EngineHandle) -> Result<i32> {
 pub fn attach(conn: Connection) -> Result<i32> {
     let mut app = App::attached(&conn.snapshot).with_no_color(theme::no_color_from_env());
     let (mut screen, _) = Screen::open(None).context("vggtrain attach needs a terminal")?;
-    let outcome = screen.run(&mut app, &conn.events, &conn.commands);
+    let outcome = screen.run(&mut app, &conn.events, &conn.commands, &never());
     let (signals, _) = screen.close(matches!(outcome, Ok(Exit::TerminalGone)));
     signals.close();
     conn.close();

@@ -118,6 +118,10 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
         third.push(Span::styled("best ", theme.dim()));
         third.push(Span::styled(fmt::pct(e.best_top1), theme.good()));
     }
+    for g in &app.gpus {
+        third.push(Span::raw(SEP));
+        third.push(Span::styled(g.describe(), theme.accent()));
+    }
     line_at(buf, area, 2, &Line::from(third));
 
     if area.height >= 4 {

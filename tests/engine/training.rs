@@ -1,78 +1,9 @@
-//! The engine, driven as the faces drive it: commands in, events out, on
-//! real Fashion-MNIST (Debian's dataset-fashion-mnist, installed by the
-//! set-up; each test says so and returns if it is absent).
-use crossbeam_channel::Receiver;
-use std::{collections::HashMap, path::Path, time::Duration};
-use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
-use vggtrain::config::Config;
-use vggtrain::control::{CheckpointReason, Command, Event, LrCause};
-use vggtrain::engine::{self, checkpoint, sgd::Sgd};
-use vggtrain::model::{Arch, InitScheme, ModelSpec, Vgg};
-
-const FASHION: &str = "/usr/share/datasets/fashion-mnist";
-
-/// libtorch's generator is global to the process, and each engine seeds it
-/// per step: tests that train or draw random numbers run one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn have_data() -> bool {
-    let ok = Path::new(FASHION).join("train-images-idx3-ubyte.gz").is_file();
-    if !ok {
-        eprintln!("skipped: Fashion-MNIST is not installed in {FASHION} (apt-get install dataset-fashion-mnist)");
-    }
-    ok
-}
-
-/// A CPU-sized run: VGG A at 1/8 width on a few hundred images.
-fn tiny(runs: &Path, epochs: usize) -> Config {
-    let mut cfg = Config::default();
-    cfg.model.config = Arch::A;
-    cfg.model.width = 8;
-    cfg.data.subset = Some(512);
-    cfg.data.val_size = Some(256);
-    cfg.data.test_subset = Some(256);
-    cfg.train.batch_size = 64;
-    cfg.train.epochs = epochs;
-    cfg.train.device = "cpu".into();
-    cfg.train.seed = 7;
-    cfg.run.runs_dir = Some(runs.to_owned());
-    cfg
-}
-
-/// Events until `pred` matches one (returned), failing after a minute.
-fn wait_for(events: &Receiver<Event>, mut pred: impl FnMut(&Event) -> bool) -> Event {
-    loop {
-        let e = events
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the engine went quiet");
-        if let Event::Failed { message } = &e {
-            panic!("the engine failed: {message}");
-        }
-        if pred(&e) {
-            return e;
-        }
-    }
-}
-
-/// Every event until the engine ends.
-fn drain(events: &Receiver<Event>) -> Vec<Event> {
-    let mut all = Vec::new();
-    while let Ok(e) = events.recv_timeout(Duration::from_secs(120)) {
-        all.push(e);
-    }
-    all
-}
-
-fn tensors(path: &Path) -> HashMap<String, Tensor> {
-    let l = checkpoint::load(path).unwrap();
-    let mut all = l.weights;
-    all.extend(l.momentum.into_iter().map(|(k, v)| (format!("momentum.{k}"), v)));
-    all
-}
+//! Commands, resume, learning and folders.
+use super::*;
+use tch::{nn, nn::OptimizerConfig, Device, Kind};
+use vggtrain::control::{CheckpointReason, Command, LrCause};
+use vggtrain::engine::sgd::Sgd;
+use vggtrain::model::{InitScheme, ModelSpec, Vgg};
 
 #[test]
 fn our_sgd_matches_tch_step_for_step() {
@@ -130,7 +61,7 @@ fn commands_pause_decay_save_and_stop() {
         return;
     }
     let runs = tempfile::tempdir().unwrap();
-    let h = engine::spawn(tiny(runs.path(), 1000), None).unwrap();
+    let h = engine::spawn(Start::new(tiny(runs.path(), 1000)), &|| None).unwrap();
     wait_for(&h.events, |e| matches!(e, Event::Step { .. }));
 
     h.send(Command::Pause);
@@ -211,7 +142,11 @@ fn resume_is_bitwise_identical_to_an_uninterrupted_run() {
     }
     let runs = tempfile::tempdir().unwrap();
     let run = |cfg: Config, resume: Option<&Path>| {
-        let h = engine::spawn(cfg, resume).unwrap();
+        let start = match resume {
+            Some(dir) => Start::new(cfg).resume(dir),
+            None => Start::new(cfg),
+        };
+        let h = engine::spawn(start, &|| None).unwrap();
         let dir = h.run_dir.clone();
         let events = drain(&h.events);
         h.join();
@@ -232,22 +167,24 @@ fn resume_is_bitwise_identical_to_an_uninterrupted_run() {
 
     // Stopped mid-epoch (wherever the stop lands), then resumed.
     cfg.run.name = Some("mid".into());
-    let h = engine::spawn(cfg.clone(), None).unwrap();
-    let mid = h.run_dir.clone();
-    wait_for(&h.events, |e| matches!(e, Event::Step { step, .. } if *step >= 3));
-    h.send(Command::Stop { save: true });
-    drain(&h.events);
-    h.join();
-    let stopped_at = checkpoint::load(&engine::newest_checkpoint(&mid).unwrap())
-        .unwrap()
-        .state;
-    assert_eq!(stopped_at.epoch, 0, "stopped inside the first epoch");
-    assert!(stopped_at.step >= 3);
+    let mid = stopped_inside_the_first_epoch(&cfg);
     run(cfg.clone(), Some(&mid));
 
-    let want = tensors(&engine::newest_checkpoint(&straight).unwrap());
-    for other in [&split, &mid] {
-        let got = tensors(&engine::newest_checkpoint(other).unwrap());
+    // Stopped before its first checkpoint (as when killed then): the resume
+    // starts it again.
+    cfg.run.name = Some("early".into());
+    let h = engine::spawn(Start::new(cfg.clone()), &|| None).unwrap();
+    let early = h.run_dir.clone();
+    wait_for(&h.events, |e| matches!(e, Event::Step { .. }));
+    h.send(Command::Stop { save: false });
+    drain(&h.events);
+    h.join();
+    assert!(checkpoint::list(&early.join("checkpoints")).is_empty());
+    run(cfg.clone(), Some(&early));
+
+    let want = tensors(&newest(&straight).unwrap());
+    for other in [&split, &mid, &early] {
+        let got = tensors(&newest(other).unwrap());
         assert_eq!(want.len(), got.len());
         for (name, t) in &want {
             assert!(
@@ -260,30 +197,42 @@ fn resume_is_bitwise_identical_to_an_uninterrupted_run() {
 }
 
 #[test]
-fn resuming_with_another_configuration_is_an_error() {
+fn a_resume_that_would_change_the_run_is_refused_and_writes_nothing() {
     let _serial = serial();
     if !have_data() {
         return;
     }
     let runs = tempfile::tempdir().unwrap();
-    let h = engine::spawn(tiny(runs.path(), 1), None).unwrap();
+    let h = engine::spawn(Start::new(tiny(runs.path(), 2)), &|| None).unwrap();
     let dir = h.run_dir.clone();
     drain(&h.events);
     h.join();
+    let before = snapshot(&dir);
+    let refused = |cfg: Config| {
+        let err = engine::spawn(Start::new(cfg).resume(&dir), &|| None)
+            .err()
+            .expect("the resume is refused");
+        format!("{err:#}")
+    };
     let mut other = tiny(runs.path(), 2);
     other.model.config = Arch::B;
-    let h = engine::spawn(other, Some(&dir)).unwrap();
-    let events = drain(&h.events);
-    h.join();
-    let failed = events.iter().find_map(|e| match e {
-        Event::Failed { message } => Some(message.clone()),
-        _ => None,
-    });
-    let message = failed.expect("resume must fail");
+    let err = refused(other);
+    assert!(err.contains(r#"model.config = "B" (the run has "A")"#), "{err}");
+    let mut other = tiny(runs.path(), 2);
+    other.train.batch_size = 32;
+    other.train.seed = 9;
+    other.data.pca_lighting = 0.0;
+    let err = refused(other);
+    for key in ["train.batch-size = 32", "train.seed = 9", "data.pca-lighting = 0.0"] {
+        assert!(err.contains(key), "{key} in {err}");
+    }
+    // Fewer epochs than the run has done.
+    let err = refused(tiny(runs.path(), 1));
     assert!(
-        message.contains("another configuration") && message.contains("VGG B"),
-        "{message}"
+        err.contains("train.epochs = 1, but the run has already finished 2 epochs"),
+        "{err}"
     );
+    assert!(snapshot(&dir) == before, "a refused resume wrote into the run");
 }
 
 #[test]
@@ -296,15 +245,15 @@ fn nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint() {
     // A good first epoch, then an absurd lr.
     let mut cfg = tiny(runs.path(), 1);
     cfg.run.name = Some("nan".into());
-    let h = engine::spawn(cfg.clone(), None).unwrap();
+    let h = engine::spawn(Start::new(cfg.clone()), &|| None).unwrap();
     let dir = h.run_dir.clone();
     drain(&h.events);
     h.join();
-    let good = engine::newest_checkpoint(&dir).unwrap();
+    let good = newest(&dir).unwrap();
     let good_bytes = std::fs::read(&good).unwrap();
 
     cfg.train.epochs = 3;
-    let h = engine::spawn(cfg, Some(&dir)).unwrap();
+    let h = engine::spawn(Start::new(cfg).resume(&dir), &|| None).unwrap();
     h.send(Command::SetLr { lr: 1e3 });
     let events = drain(&h.events);
     h.join();
@@ -333,6 +282,7 @@ fn a_half_written_checkpoint_is_never_taken_for_one() {
     std::fs::create_dir(&ckpts).unwrap();
     let w = vec![("w".to_string(), Tensor::from_slice(&[1.0f32, 2.0]))];
     let state_of = |step| checkpoint::TrainState {
+        format: checkpoint::FORMAT,
         epoch: 0,
         step,
         global_step: step as u64,
@@ -344,9 +294,10 @@ fn a_half_written_checkpoint_is_never_taken_for_one() {
         lr_timeline: vec![],
         config: String::new(),
         model: "m".into(),
+        data: String::new(),
     };
     let old = ckpts.join(checkpoint::periodic_name(1));
-    checkpoint::save(&old, &w, &[], &state_of(1)).unwrap();
+    checkpoint::save(&old, &w, &[], &state_of(1), &small_card()).unwrap();
     let old_bytes = std::fs::read(&old).unwrap();
 
     // A writer killed between write and rename leaves only its temp file...
@@ -362,12 +313,12 @@ fn a_half_written_checkpoint_is_never_taken_for_one() {
         &old_bytes[..old_bytes.len() - 5],
     )
     .unwrap();
-    assert_eq!(engine::newest_checkpoint(dir.path()).unwrap(), old);
+    assert_eq!(newest(dir.path()).unwrap(), old);
 
     // A failed write (here: the target's folder is a file) leaves the old one.
     let blocked = dir.path().join("not-a-dir");
     std::fs::write(&blocked, b"x").unwrap();
-    let err = checkpoint::save(&blocked.join("ckpt.safetensors"), &w, &[], &state_of(2)).unwrap_err();
+    let err = checkpoint::save(&blocked.join("ckpt.safetensors"), &w, &[], &state_of(2), &small_card()).unwrap_err();
     assert!(format!("{err:#}").contains("cannot write"), "{err:#}");
     assert_eq!(std::fs::read(&old).unwrap(), old_bytes);
     assert_eq!(checkpoint::load(&old).unwrap().state.step, 1);
@@ -402,7 +353,7 @@ fn it_learns_fashion_mnist() {
     cfg.data.pca_lighting = 0.0;
     cfg.train.patience = 3;
     cfg.run.checkpoint_every = 0;
-    let h = engine::spawn(cfg, None).unwrap();
+    let h = engine::spawn(Start::new(cfg), &|| None).unwrap();
     let events = drain(&h.events);
     h.join();
     let test = events
@@ -443,7 +394,7 @@ fn trains_on_an_image_folder_through_the_prefetch_queue() {
     cfg.data.val_size = Some(12);
     cfg.data.test_subset = None;
     cfg.train.batch_size = 16;
-    let h = engine::spawn(cfg, None).unwrap();
+    let h = engine::spawn(Start::new(cfg), &|| None).unwrap();
     let events = drain(&h.events);
     h.join();
     let started = events.iter().find_map(|e| match e {
@@ -458,4 +409,135 @@ fn trains_on_an_image_folder_through_the_prefetch_queue() {
         Some(Event::Finished { test: Some(t), .. }) => assert_eq!(t.images, 12),
         other => panic!("{other:?}"),
     }
+}
+
+fn folder_config(runs: &Path, data: &Path, epochs: usize) -> Config {
+    let mut cfg = tiny(runs, epochs);
+    cfg.data.dataset = vggtrain::config::DatasetName::Folder;
+    cfg.data.dir = Some(data.to_owned());
+    cfg.data.crop = Some(32);
+    cfg.data.scale = [32, 32];
+    cfg.data.subset = None;
+    cfg.data.test_subset = None;
+    cfg
+}
+
+/// Threads of this process whose name starts with `prefix`.
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+#[test]
+fn data_workers_is_the_number_of_decoding_threads() {
+    let _serial = serial();
+    let data = tempfile::tempdir().unwrap();
+    write_folder(data.path(), 2, [40, 4]);
+    let runs = tempfile::tempdir().unwrap();
+    let mut cfg = folder_config(runs.path(), data.path(), 1000);
+    cfg.data.val_size = Some(8);
+    cfg.data.workers = 3;
+    cfg.train.batch_size = 8;
+    let h = engine::spawn(Start::new(cfg), &|| None).unwrap();
+    wait_for(&h.events, |e| matches!(e, Event::Step { .. }));
+    common::wait_until("3 decoding threads", 30, || threads_named("vggtrain-decode") == 3);
+    h.send(Command::Stop { save: false });
+    drain(&h.events);
+    h.join();
+
+    // 0: on the CPU, one thread per 8 cores (at least one), leaving the
+    // cores to libtorch's step.
+    let mut cfg = folder_config(runs.path(), data.path(), 1000);
+    cfg.data.val_size = Some(8);
+    cfg.train.batch_size = 8;
+    cfg.run.name = Some("default-workers".into());
+    let want = (std::thread::available_parallelism().unwrap().get() / 8).max(1);
+    let h = engine::spawn(Start::new(cfg), &|| None).unwrap();
+    wait_for(&h.events, |e| matches!(e, Event::Step { .. }));
+    common::wait_until(&format!("{want} decoding threads"), 30, || {
+        threads_named("vggtrain-decode") == want
+    });
+    h.send(Command::Stop { save: false });
+    drain(&h.events);
+    h.join();
+}
+
+#[test]
+fn undecodable_images_are_skipped_counted_and_left_out_of_the_accuracy() {
+    let _serial = serial();
+    let data = tempfile::tempdir().unwrap();
+    write_folder(data.path(), 2, [10, 3]);
+    for bad in ["train/c0000/0.png", "train/c0001/4.png", "val/c0001/1.png"] {
+        std::fs::write(data.path().join(bad), b"not a PNG").unwrap();
+    }
+    let runs = tempfile::tempdir().unwrap();
+    let mut cfg = folder_config(runs.path(), data.path(), 1);
+    cfg.data.val_size = Some(4);
+    cfg.data.skip_bad_images = true;
+    // One image a batch: a bad image is a batch with nothing in it.
+    cfg.train.batch_size = 1;
+    let (_, events) = run_to_end(Start::new(cfg));
+    let epoch = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Epoch(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no epoch: {:?}", events.last()));
+    assert!(epoch.train_loss.is_finite());
+    let skipped_in_training: usize = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Log { message } if message.contains("undecodable training images") => message
+                .split("skipped ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse::<usize>().ok()),
+            _ => None,
+        })
+        .sum();
+    // The two bad training files are in the training or the validation split.
+    assert_eq!(skipped_in_training + epoch.val.skipped, 2, "{events:?}");
+    assert_eq!(epoch.val.images + epoch.val.skipped, 4);
+    match events.last() {
+        Some(Event::Finished { test: Some(t), .. }) => {
+            assert_eq!((t.images, t.skipped), (5, 1));
+            let counted: u64 = t.confusion.iter().flatten().sum();
+            assert_eq!(counted, 5, "the skipped image is in no denominator");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_stop_during_validation_abandons_it_and_the_resume_validates_that_epoch() {
+    let _serial = serial();
+    if !have_data() {
+        return;
+    }
+    let runs = tempfile::tempdir().unwrap();
+    // One training step, then a long validation pass.
+    let mut cfg = tiny(runs.path(), 1);
+    cfg.data.subset = Some(64);
+    cfg.data.val_size = Some(30_000);
+    let h = engine::spawn(Start::new(cfg.clone()), &|| None).unwrap();
+    let dir = h.run_dir.clone();
+    wait_for(&h.events, |e| matches!(e, Event::Step { step: 1, .. }));
+    h.send(Command::Stop { save: true });
+    let events = drain(&h.events);
+    h.join();
+    assert!(!events.iter().any(|e| matches!(e, Event::Epoch(_))), "{events:?}");
+    assert!(matches!(events.last(), Some(Event::Finished { test: None, .. })));
+    let state = checkpoint::load(&newest(&dir).unwrap()).unwrap().state;
+    assert_eq!((state.epoch, state.step, state.seen), (0, 1, 64.0));
+    let (_, events) = run_to_end(Start::new(cfg).resume(&dir));
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Step { .. })),
+        "no step to redo"
+    );
+    let epochs: Vec<_> = events.iter().filter(|e| matches!(e, Event::Epoch(_))).collect();
+    assert_eq!(epochs.len(), 1);
 }

@@ -1,12 +1,17 @@
-//! The subcommands other than train's faces.
-use crate::cli::{ConfigArgs, EvalArgs};
+//! The subcommands other than train's faces (`eval` and `predict` in
+//! `eval`).
+mod eval;
+
+pub use eval::{eval, predict};
+
+use crate::cli::ConfigArgs;
 use crate::config::{Config, DatasetName, Layered};
-use crate::data::{self, augment::Augment, Source};
-use crate::engine::{self, checkpoint, eval, run_dir, Batches};
-use crate::model::{self, Arch, ModelSpec, Vgg};
+use crate::data;
+use crate::engine::{self, checkpoint, run_dir};
+use crate::model::{card::CARD_KEY, Arch, Card, ModelSpec};
 use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use tch::nn::VarStore;
 
 /// The effective configuration of the config flags.
 pub fn layered(args: &ConfigArgs) -> Result<Layered> {
@@ -122,94 +127,103 @@ fn group(n: i64) -> String {
     out
 }
 
+/// The weights alone under torchvision's names, with the model card.
 pub fn export(ckpt: &Path, out: &Path) -> Result<()> {
     let loaded = checkpoint::load(ckpt)?;
+    let card = Card::read(ckpt)?;
     let mut weights: Vec<_> = loaded.weights.into_iter().collect();
     weights.sort_by(|a, b| a.0.cmp(&b.0));
-    checkpoint::write_atomic(out, &checkpoint::to_bytes(&weights, None)?)?;
-    println!("wrote {} tensors to {}", weights.len(), out.display());
+    let meta = card
+        .as_ref()
+        .map(|c| HashMap::from([(CARD_KEY.to_owned(), c.to_json())]));
+    checkpoint::write_atomic(out, &checkpoint::to_bytes(&weights, meta)?)?;
+    println!(
+        "wrote {} tensors to {}{}",
+        weights.len(),
+        out.display(),
+        if card.is_none() {
+            " (without a model card: the checkpoint is older than cards; `predict` needs one)"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }
 
-pub fn eval(args: &EvalArgs) -> Result<()> {
-    let loaded = checkpoint::load(&args.checkpoint)?;
-    let mut cfg: Config = toml::from_str(&loaded.state.config)
-        .with_context(|| format!("{}: its saved configuration does not parse", args.checkpoint.display()))?;
-    if let Some(d) = &args.device {
-        cfg.train.device = d.clone();
-    }
-    if let Some(d) = &args.data_dir {
-        cfg.data.dir = Some(d.clone());
-    }
-    let device = engine::resolve_device(&cfg.train.device)?;
-    let crop = cfg.crop();
-    let dataset = data::load(&cfg.data, crop, cfg.train.seed, device)?;
-    let source = match args.split.as_str() {
-        "test" => &dataset.test,
-        "val" => &dataset.val,
-        other => bail!("--split {other}: expected test or val"),
+/// The report of `runs` (overlaid), into `out` or the first run's report.png.
+pub fn report(runs: &[PathBuf], out: Option<PathBuf>) -> Result<()> {
+    let out = out.unwrap_or_else(|| runs[0].join("report.png"));
+    let runs: Vec<&Path> = runs.iter().map(PathBuf::as_path).collect();
+    crate::report::write(&runs, &out)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// An ImageNet-style folder as tar shards, with a bar where stderr is a
+/// terminal.
+pub fn pack(folder: PathBuf, out: PathBuf, max_side: Option<u32>, shard_mb: u64) -> Result<()> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    use std::io::IsTerminal;
+    let args = crate::pack::PackArgs {
+        folder,
+        out,
+        max_side,
+        shard_bytes: shard_mb.max(1) * 1_000_000,
+        seed: 0,
     };
-    let spec = cfg.model_spec(dataset.channels, (crop, crop), dataset.classes.len() as i64);
-    let vs = VarStore::new(device);
-    let net = Vgg::new(&vs.root(), spec, model::InitScheme::Kaiming).map_err(anyhow::Error::msg)?;
-    model::load_weights(&vs, &args.checkpoint)?;
-    if cfg.train.channels_last {
-        model::vars_to_channels_last(&vs);
-    }
-    let batch = cfg.train.batch_size as usize;
-    let protocol = eval::Protocol {
-        flip: args.flip,
-        dense: args.dense,
-    };
-    let native = match source {
-        Source::Memory { images, .. } => images.size()[2],
-        Source::Folder(_) => crop,
-    };
-    let scales = if args.scales.is_empty() {
-        vec![crop]
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(0)
     } else {
-        args.scales.clone()
+        ProgressBar::hidden()
     };
-    if !args.dense && scales.iter().any(|&q| q != crop) {
-        bail!("--scales other than the crop size {crop} need --dense (the classifier's input is fixed)");
-    }
-    let mut results = Vec::new();
-    for q in &scales {
-        let mut c = cfg.clone();
-        c.data.test_scale = Some(*q);
-        let batches = Batches::new(&c, if matches!(source, Source::Folder(_)) { *q } else { crop }, device);
-        let upscale = (*q != native).then_some(*q);
-        let aug = Augment::new(&cfg.data, &dataset.stats, 0, upscale, device);
-        results.push(eval::evaluate(
-            &net,
-            &batches,
-            source,
-            std::slice::from_ref(&aug),
-            batch,
-            &protocol,
-        )?);
-    }
-    let n = results.len() as f64;
-    let top1 = results.iter().map(|r| r.top1).sum::<f64>() / n;
-    let top5 = results.iter().map(|r| r.top5).sum::<f64>() / n;
-    println!(
-        "{} on {} {} images (scales {:?}{}{}): top-1 {:.2}% top-5 {:.2}% (error {:.2}% / {:.2}%)",
-        args.checkpoint.display(),
-        results[0].images,
-        args.split,
-        scales,
-        if args.flip { ", flip" } else { "" },
-        if args.dense { ", dense" } else { "" },
-        100.0 * top1,
-        100.0 * top5,
-        100.0 * (1.0 - top1),
-        100.0 * (1.0 - top5)
+    bar.set_style(
+        ProgressStyle::with_template("packing [{bar:32}] {pos}/{len} images · {per_sec} · ETA {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
     );
-    println!("{:<20} {:>8}", "class", "top-1");
-    for (i, name) in dataset.classes.iter().enumerate() {
-        let acc = results.iter().map(|r| r.per_class[i]).sum::<f64>() / n;
-        println!("{name:<20} {:>7.2}%", 100.0 * acc);
+    let p = crate::pack::run(&args, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "wrote {} train and {} val images ({:.1} MB, {} shrunk) in {} shards to {}",
+        p.train,
+        p.val,
+        p.bytes as f64 / 1e6,
+        p.shrunk,
+        p.shards,
+        args.out.display()
+    );
+    println!(
+        "train on them: vggtrain train --dataset shards --data-dir {}",
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// A run's TensorBoard event files, written from its metrics.jsonl.
+pub fn tensorboard_export(run: &Path, out: Option<PathBuf>) -> Result<()> {
+    let out = out.unwrap_or_else(|| run.join("tensorboard"));
+    let has_events = std::fs::read_dir(&out)
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("events.out.tfevents"))
+        })
+        .unwrap_or(false);
+    if has_events {
+        bail!(
+            "{} holds event files already (nothing is overwritten): --out another folder",
+            out.display()
+        );
     }
+    let mut writer = crate::record::tensorboard::Writer::create(&out)?;
+    let n = crate::record::replay(run, &mut writer)?;
+    println!(
+        "wrote {n} events to {} (tensorboard --logdir {})",
+        out.display(),
+        out.display()
+    );
     Ok(())
 }
 
@@ -299,7 +313,9 @@ pub fn bench(a: &crate::cli::BenchCli) -> Result<()> {
         steps: a.steps,
         warmup: a.warmup,
         channels_last: a.channels_last,
-        folder_images: a.folder_images,
+        folder: a.folder.clone(),
+        scale: a.scale,
+        workers: a.workers,
     };
     let report = crate::bench::run(&args)?;
     if a.json {

@@ -1,13 +1,17 @@
 //! `vggtrain bench`: training throughput measured in one process, after
 //! warm-up: compute alone, the input pipeline alone (in-memory and
-//! folder-of-JPEGs paths), and the two together as the engine runs them.
+//! a real JPEG folder with `--folder`: `folder.rs`), and the two together
+//! as the engine runs them.
 use crate::config::{Config, DataConfig, Precision};
-use crate::data::{augment::Augment, augment::Stats, folder, Source};
+use crate::data::{augment::Augment, augment::Stats};
 use crate::engine::{self, sgd::Sgd, train_step, Batches};
 use crate::model::{self, Arch, Vgg};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
-use std::time::Instant;
+use std::{path::PathBuf, time::Instant};
+
+mod folder;
+pub use folder::FolderReport;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 #[derive(Clone, Debug)]
@@ -21,8 +25,11 @@ pub struct BenchArgs {
     pub steps: usize,
     pub warmup: usize,
     pub channels_last: bool,
-    /// Images of the generated JPEG folder (0 = skip the folder path).
-    pub folder_images: usize,
+    /// An ImageNet-style folder to time the JPEG pipeline on, at scale S.
+    pub folder: Option<PathBuf>,
+    pub scale: u32,
+    /// `data.workers` for the folder's end to end run (0: the default).
+    pub workers: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -35,15 +42,13 @@ pub struct Report {
     pub channels_last: bool,
     pub compute_images_per_sec: f64,
     pub data_memory_images_per_sec: f64,
-    pub data_folder_images_per_sec_1_thread: Option<f64>,
-    pub data_folder_images_per_sec_all_threads: Option<f64>,
-    pub folder_threads: usize,
     pub end_to_end_images_per_sec: f64,
     pub end_to_end_over_compute: f64,
     pub data_wait_share: f64,
     pub train_tflops: f64,
     pub peak_host_memory_mb: f64,
     pub peak_gpu_memory_mb: Option<f64>,
+    pub folder: Option<FolderReport>,
 }
 
 /// Waits for the device's queued work (reading a scalar syncs).
@@ -86,19 +91,6 @@ fn gpu_mb() -> Option<f64> {
     })
 }
 
-/// Writes `n` JPEGs of (S*5/4) x S pixels into `dir/train/<class>/`.
-fn write_jpegs(dir: &std::path::Path, n: usize, s: u32) -> Result<()> {
-    for i in 0..n {
-        let class = dir.join("train").join(format!("c{}", i % 4));
-        std::fs::create_dir_all(&class)?;
-        let img = image::RgbImage::from_fn(s * 5 / 4, s, |x, y| {
-            image::Rgb([(x * 7 + i as u32) as u8, (y * 3) as u8, ((x ^ y) + i as u32) as u8])
-        });
-        img.save(class.join(format!("{i}.jpg")))?;
-    }
-    Ok(())
-}
-
 pub fn run(a: &BenchArgs) -> Result<Report> {
     let device = engine::resolve_device(&a.device)?;
     if device.is_cuda() {
@@ -135,15 +127,13 @@ pub fn run(a: &BenchArgs) -> Result<Report> {
     let stats = Stats::from_images(&images, crate::config::PcaSource::Imagenet);
     let data_cfg = DataConfig::default();
     let aug = Augment::new(&data_cfg, &stats, 4, None, device);
-    let source = Source::Memory { images, labels };
     let order = crate::data::permutation(n, 1);
     let mut at = 0;
     let mut next = || {
-        let idx: Vec<usize> = (0..b as usize).map(|i| order[(at + i) % n]).collect();
+        let idx: Vec<i64> = (0..b as usize).map(|i| order[(at + i) % n] as i64).collect();
         at += b as usize;
-        batches
-            .get(&source, &idx, true, 0)
-            .expect("in-memory batches never fail")
+        let idx = Tensor::from_slice(&idx).to_device(device);
+        (images.index_select(0, &idx), labels.index_select(0, &idx))
     };
     let data_memory = rate(b, a.warmup, a.steps.max(20), || {
         let (x, _) = next();
@@ -155,41 +145,29 @@ pub fn run(a: &BenchArgs) -> Result<Report> {
         let (x, y) = next();
         train_step(&net, &mut sgd, &batches, &aug.train(&x), &y, 1e-3).0
     });
-    let peak_gpu = gpu_mb();
-
-    // 4. Data only, the folder path: JPEG decode, rescale, crop on rayon.
-    let threads = rayon::current_num_threads();
-    let (folder_1, folder_all) = if a.folder_images > 0 {
-        let dir = tempfile_dir()?;
-        let s = (a.input * 8 / 7) as u32;
-        write_jpegs(&dir, a.folder_images, s)?;
-        let (_, files) = folder::scan(&dir.join("train"))?;
-        let items = folder::Items {
-            files: std::sync::Arc::new(files),
-        };
-        let plan = folder::Plan {
-            scale: [s as i64, s as i64],
-            test_scale: s as i64,
-            crop: a.input,
-            skip_bad: false,
-        };
-        let idx: Vec<usize> = (0..items.len()).collect();
-        let time = |pool: &rayon::ThreadPool| {
-            pool.install(|| {
-                let start = Instant::now();
-                plan.batch(&items, &idx, true, 1)
-                    .map(|_| idx.len() as f64 / start.elapsed().as_secs_f64())
-            })
-        };
-        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
-        let all = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
-        let _ = time(&all)?; // warm the page cache
-        let r = (Some(time(&one)?), Some(time(&all)?));
-        let _ = std::fs::remove_dir_all(&dir);
-        r
-    } else {
-        (None, None)
+    // 4. A JPEG folder: data only, then end to end.
+    let folder = match &a.folder {
+        Some(dir) => {
+            let m = folder::Model {
+                net: &net,
+                sgd: &mut sgd,
+                cfg: &cfg,
+                device,
+                compute,
+            };
+            let shape = folder::Shape {
+                scale: a.scale,
+                crop: a.input,
+                batch: b,
+                steps: a.steps,
+                warmup: a.warmup,
+                workers: a.workers,
+            };
+            Some(folder::run(dir, shape, m)?)
+        }
+        None => None,
     };
+    let peak_gpu = gpu_mb();
     let tflops = 3.0 * spec.forward_flops() * compute / 1e12;
     Ok(Report {
         device: engine::describe_device(device),
@@ -200,27 +178,18 @@ pub fn run(a: &BenchArgs) -> Result<Report> {
         channels_last: a.channels_last,
         compute_images_per_sec: compute,
         data_memory_images_per_sec: data_memory,
-        data_folder_images_per_sec_1_thread: folder_1,
-        data_folder_images_per_sec_all_threads: folder_all,
-        folder_threads: threads,
         end_to_end_images_per_sec: e2e,
         end_to_end_over_compute: e2e / compute,
         data_wait_share: (1.0 - compute.recip() / e2e.recip()).max(0.0),
         train_tflops: tflops,
         peak_host_memory_mb: peak_host_mb(),
         peak_gpu_memory_mb: peak_gpu,
+        folder,
     })
-}
-
-fn tempfile_dir() -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("vggtrain-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
 }
 
 impl Report {
     pub fn print(&self) {
-        let opt = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
         println!(
             "{} · {} · input {} · batch {} · {} · channels-last {}",
             self.device, self.model, self.input, self.batch, self.precision, self.channels_last
@@ -232,12 +201,6 @@ impl Report {
         println!(
             "data only, in memory    {:>10.1} img/s",
             self.data_memory_images_per_sec
-        );
-        println!(
-            "data only, JPEG folder  {:>10} img/s on 1 thread, {} on {} threads",
-            opt(self.data_folder_images_per_sec_1_thread),
-            opt(self.data_folder_images_per_sec_all_threads),
-            self.folder_threads
         );
         println!(
             "end to end (in memory)  {:>10.1} img/s  = {:.3} x compute only; data wait {:.1}% of step time",
@@ -252,5 +215,8 @@ impl Report {
                 .map(|m| format!(", {m:.0} MB GPU"))
                 .unwrap_or_default()
         );
+        if let Some(f) = &self.folder {
+            f.print();
+        }
     }
 }

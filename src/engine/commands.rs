@@ -1,0 +1,74 @@
+//! The commands of the faces, as the engine takes them: the face's first,
+//! then the attached clients' (through a bounded queue).
+use crate::control::Command;
+use crossbeam_channel::{never, select, Receiver};
+use std::collections::VecDeque;
+
+/// Commands held while a pass looks for a stop request, at most.
+const PENDING: usize = 1024;
+
+/// Where commands come from: the face (never refused) and the attached
+/// clients (through a bounded queue); a source that closes is left. Those
+/// read while looking for a stop wait in `pending`, in order.
+pub struct Commands {
+    face: Receiver<Command>,
+    clients: Receiver<Command>,
+    face_open: bool,
+    clients_open: bool,
+    pending: VecDeque<Command>,
+}
+
+impl Commands {
+    pub fn new(face: Receiver<Command>, clients: Receiver<Command>) -> Commands {
+        Commands {
+            face,
+            clients,
+            face_open: true,
+            clients_open: true,
+            pending: VecDeque::new(),
+        }
+    }
+
+    fn arrived(&self) -> Option<Command> {
+        self.face.try_recv().ok().or_else(|| self.clients.try_recv().ok())
+    }
+
+    /// The next command, if one is waiting; the face's first.
+    pub fn try_next(&mut self) -> Option<Command> {
+        self.pending.pop_front().or_else(|| self.arrived())
+    }
+
+    /// Whether a stop was asked for; what came meanwhile stays queued.
+    pub fn stop_requested(&mut self) -> bool {
+        while self.pending.len() < PENDING {
+            match self.arrived() {
+                Some(c) => self.pending.push_back(c),
+                None => break,
+            }
+        }
+        self.pending.iter().any(|c| matches!(c, Command::Stop { .. }))
+    }
+
+    /// Waits for the next command; None once no source is left.
+    pub fn wait(&mut self) -> Option<Command> {
+        if let Some(c) = self.pending.pop_front() {
+            return Some(c);
+        }
+        let none = never();
+        while self.face_open || self.clients_open {
+            let face = if self.face_open { &self.face } else { &none };
+            let clients = if self.clients_open { &self.clients } else { &none };
+            select! {
+                recv(face) -> c => match c {
+                    Ok(c) => return Some(c),
+                    Err(_) => self.face_open = false,
+                },
+                recv(clients) -> c => match c {
+                    Ok(c) => return Some(c),
+                    Err(_) => self.clients_open = false,
+                },
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,570 @@
+//! The training loop on the engine's thread: steps, validation, the
+//! schedule, checkpoints and the commands of the faces, from a prepared
+//! worker (see `prepare`) until the run ends.
+use super::batches::{Batches, Fetch};
+use super::checkpoint::{self, TrainState};
+use super::commands::Commands;
+use super::schedule::Decision;
+use super::sgd::Sgd;
+use super::{train_step, Sink};
+use crate::config::Config;
+use crate::control::{
+    CheckpointReason, Command, ConfigChange, EpochStats, EvalResult, Event, LrCause, LrMark, RunInfo,
+};
+use crate::data::{self, augment::Augment, augment::Normalise, Dataset};
+use crate::eval::{self, Member, Protocol, Runner};
+use crate::model::{Card, Vgg};
+use anyhow::{bail, Result};
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+use tch::{nn::VarStore, Kind, Tensor};
+
+/// Commands applied at one step boundary, at most.
+const COMMANDS_PER_STEP: usize = 16;
+
+/// A step's randomness (dropout, augmentation) is a function of the seed,
+/// the epoch and the step: resuming needs no generator state.
+fn step_seed(seed: u64, epoch: usize, step: usize) -> i64 {
+    let mut rng = data::SplitMix(seed ^ ((epoch as u64) << 32) ^ step as u64);
+    (rng.next() >> 1) as i64
+}
+
+fn epoch_seed(seed: u64, epoch: usize) -> u64 {
+    data::SplitMix(seed.wrapping_add(0xe90c ^ epoch as u64)).next()
+}
+
+/// The epoch's loss and correct counts, summed on the device: read back
+/// (flushed into the state) at step events and before every checkpoint.
+struct Sums {
+    loss: Tensor,
+    correct: Tensor,
+}
+
+impl Sums {
+    fn new(device: tch::Device) -> Sums {
+        Sums {
+            loss: Tensor::zeros([], (Kind::Double, device)),
+            correct: Tensor::zeros([], (Kind::Double, device)),
+        }
+    }
+
+    fn flush(&mut self, state: &mut TrainState) {
+        state.loss_sum += self.loss.double_value(&[]);
+        state.correct += self.correct.double_value(&[]);
+        let _ = self.loss.zero_();
+        let _ = self.correct.zero_();
+    }
+}
+
+enum Flow {
+    Continue,
+    Stop { save: bool },
+}
+
+/// Everything the loop needs, built by `prepare` before the run directory
+/// is touched.
+pub struct Worker {
+    pub cfg: Config,
+    pub data: Dataset,
+    pub model: Vgg,
+    pub vs: VarStore,
+    pub sgd: Sgd,
+    pub state: TrainState,
+    pub batches: Batches,
+    pub train_aug: Augment,
+    /// What the network is and how its input is made (in every checkpoint).
+    pub card: Card,
+    /// The evaluation's input normalisation (the card's).
+    pub norm: Normalise,
+    pub resumed_from: Option<PathBuf>,
+    /// Events of the preparation, emitted after `started`.
+    pub notes: Vec<Event>,
+    /// Keys a resume changed, and the lr it set.
+    pub changes: Vec<ConfigChange>,
+    pub set_lr: Option<f64>,
+}
+
+/// A worker at work: the state of the loop besides the run's.
+struct Run<'a> {
+    w: Worker,
+    sink: &'a mut Sink,
+    cmds: Commands,
+    paused: bool,
+    last_good: Option<PathBuf>,
+    /// The periodic checkpoint of the newest save, by global step.
+    last_periodic: Option<(u64, PathBuf)>,
+    /// Checkpoints known good (written or verified by this process).
+    verified: HashSet<PathBuf>,
+    sums: Sums,
+    /// Undecodable training images skipped this epoch, and the first's error.
+    skipped: usize,
+    bad: Option<String>,
+}
+
+impl Worker {
+    pub fn run(self, sink: &mut Sink, cmds: Commands, notes: Vec<Event>) -> Result<()> {
+        let device = self.batches.device;
+        let last_good = self.resumed_from.clone();
+        let mut run = Run {
+            w: self,
+            sink,
+            cmds,
+            paused: false,
+            last_good,
+            last_periodic: None,
+            verified: HashSet::new(),
+            sums: Sums::new(device),
+            skipped: 0,
+            bad: None,
+        };
+        run.start(notes);
+        run.train()
+    }
+}
+
+impl Run<'_> {
+    fn emit(&mut self, e: Event) {
+        self.sink.emit(e);
+    }
+
+    fn log(&mut self, message: String) {
+        self.emit(Event::Log { message });
+    }
+
+    /// `started`, then what the preparation and the resume noted.
+    fn start(&mut self, mut notes: Vec<Event>) {
+        let w = &self.w;
+        let s = &w.state;
+        let path = self.sink.run.path.clone();
+        let info = RunInfo {
+            name: path.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+            run_dir: path,
+            model: w.model.spec.describe(),
+            parameters: w.model.spec.parameter_count(),
+            dataset: format!("{} ({})", w.data.name.as_str(), w.data.dir.display()),
+            device: super::describe_device(w.batches.device),
+            classes: w.data.classes.clone(),
+            epochs: w.cfg.train.epochs,
+            steps_per_epoch: self.steps(),
+            batch_size: w.cfg.train.batch_size,
+            train_images: w.data.train.len(),
+            val_images: w.data.val.len(),
+            test_images: w.data.test.len(),
+            lr: s.schedule.lr,
+            max_decays: w.cfg.train.max_decays,
+            start_epoch: s.epoch,
+            start_step: s.step,
+            resumed_from: w.resumed_from.clone(),
+            decays_used: s.schedule.decays_used,
+            history: s.history.clone(),
+            lr_history: s
+                .lr_timeline
+                .iter()
+                .map(|&(global_step, epoch, lr, cause)| LrMark {
+                    global_step,
+                    epoch,
+                    lr,
+                    cause,
+                })
+                .collect(),
+        };
+        self.emit(Event::Started(info));
+        notes.append(&mut self.w.notes);
+        for e in notes {
+            self.emit(e);
+        }
+        if !self.w.changes.is_empty() {
+            let changes = std::mem::take(&mut self.w.changes);
+            self.emit(Event::ConfigChanged { changes });
+        }
+        if let Some(lr) = self.w.set_lr.take() {
+            let old = self.w.state.schedule.lr;
+            self.w.state.schedule.lr = lr;
+            self.set_lr(old, lr, LrCause::Manual);
+        }
+    }
+
+    fn steps(&self) -> usize {
+        self.w.data.train.len().div_ceil(self.w.cfg.train.batch_size as usize)
+    }
+
+    fn last_good(&self) -> String {
+        self.last_good
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "none".into())
+    }
+
+    fn check_loss(&self) -> Result<()> {
+        let s = &self.w.state;
+        if !s.loss_sum.is_finite() {
+            bail!(
+                "loss became NaN at epoch {} step {}; last good checkpoint: {}",
+                s.epoch + 1,
+                s.step,
+                self.last_good()
+            );
+        }
+        Ok(())
+    }
+
+    /// The loss and every weight are finite (one device sync).
+    fn check_finite(&self) -> Result<()> {
+        self.check_loss()?;
+        let bad = tch::no_grad(|| {
+            self.w
+                .vs
+                .variables()
+                .values()
+                .map(|t| t.isfinite().logical_not().sum(Kind::Int64))
+                .fold(Tensor::zeros([], (Kind::Int64, self.w.batches.device)), |a, b| a + b)
+                .int64_value(&[])
+        });
+        if bad > 0 {
+            let s = &self.w.state;
+            bail!(
+                "{bad} weights became NaN or infinite at epoch {} step {} (not saved); last good checkpoint: {}",
+                s.epoch + 1,
+                s.step,
+                self.last_good()
+            );
+        }
+        Ok(())
+    }
+
+    /// Saves this step: flushes the sums, refuses non-finite weights (the
+    /// run fails), writes the file (a best of a step already saved is a hard
+    /// link to it) and prunes. A failed write fails the run when `must`
+    /// (stop, end), and is a warning otherwise.
+    fn save(&mut self, reason: CheckpointReason, must: bool) -> Result<()> {
+        self.sums.flush(&mut self.w.state);
+        self.check_finite()?;
+        let dir = self.sink.run.checkpoints();
+        let step = self.w.state.global_step;
+        let path = match reason {
+            CheckpointReason::Best => dir.join(checkpoint::BEST),
+            _ => dir.join(checkpoint::periodic_name(step)),
+        };
+        let written = match (&self.last_periodic, reason) {
+            (Some((s, same)), CheckpointReason::Best) if *s == step => checkpoint::link_atomic(same, &path),
+            _ => {
+                let mut weights: Vec<(String, Tensor)> = self.w.vs.variables().into_iter().collect();
+                weights.sort_by(|a, b| a.0.cmp(&b.0));
+                checkpoint::save(&path, &weights, &self.w.sgd.buffers(), &self.w.state, &self.w.card)
+            }
+        };
+        if let Err(e) = written {
+            if must {
+                return Err(e);
+            }
+            self.log(format!("warning: checkpoint failed: {e:#}"));
+            return Ok(());
+        }
+        if reason != CheckpointReason::Best {
+            self.verified.insert(path.clone());
+            for (d, to) in checkpoint::prune(&dir, self.w.cfg.run.keep_last, &mut self.verified) {
+                self.log(format!(
+                    "warning: moved a damaged checkpoint aside to {}: {}",
+                    to.display(),
+                    d.error
+                ));
+            }
+            self.last_good = Some(path.clone());
+            self.last_periodic = Some((step, path.clone()));
+        }
+        self.emit(Event::CheckpointSaved { path, reason });
+        Ok(())
+    }
+
+    fn set_lr(&mut self, old: f64, new: f64, cause: LrCause) {
+        let s = &mut self.w.state;
+        s.lr_timeline.push((s.global_step, s.epoch, new, cause));
+        let e = Event::LrChanged {
+            old,
+            new,
+            cause,
+            epoch: s.epoch,
+            global_step: s.global_step,
+            decays_used: s.schedule.decays_used,
+        };
+        self.emit(e);
+    }
+
+    /// Applies one command; Pause blocks in `poll` (without spinning) until
+    /// Resume or Stop.
+    fn apply(&mut self, c: Command) -> Result<Flow> {
+        match c {
+            Command::Pause if !self.paused => {
+                self.paused = true;
+                self.emit(Event::Paused);
+            }
+            Command::Resume if self.paused => {
+                self.paused = false;
+                self.emit(Event::Resumed);
+            }
+            Command::Pause | Command::Resume => {}
+            Command::DecayLr => {
+                let (old, new) = self.w.state.schedule.manual_decay();
+                self.set_lr(old, new, LrCause::Manual);
+            }
+            Command::SetLr { lr } if lr > 0.0 && lr.is_finite() => {
+                let old = self.w.state.schedule.lr;
+                self.w.state.schedule.lr = lr;
+                self.set_lr(old, lr, LrCause::Manual);
+            }
+            Command::SetLr { lr } => self.log(format!("ignored: lr {lr} is not a positive number")),
+            Command::SaveCheckpoint => self.save(CheckpointReason::Key, false)?,
+            Command::Stop { save } => return Ok(Flow::Stop { save }),
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// The commands waiting at a step boundary (all of them while paused).
+    /// A dropped command channel (no face left) never stops training.
+    fn poll(&mut self) -> Result<Flow> {
+        let (mut applied, mut saved) = (0, false);
+        loop {
+            // A flood of commands cannot hold training up.
+            if !self.paused && applied == COMMANDS_PER_STEP {
+                return Ok(Flow::Continue);
+            }
+            let next = if self.paused {
+                let next = self.cmds.wait();
+                if next.is_none() {
+                    // Nobody can resume us: carry on.
+                    self.paused = false;
+                    self.emit(Event::Resumed);
+                }
+                next
+            } else {
+                self.cmds.try_next()
+            };
+            match next {
+                // One checkpoint of this state is enough.
+                Some(Command::SaveCheckpoint) if saved => {}
+                Some(c) => {
+                    applied += 1;
+                    saved |= c == Command::SaveCheckpoint;
+                    if let Flow::Stop { save } = self.apply(c)? {
+                        return Ok(Flow::Stop { save });
+                    }
+                }
+                None if !self.paused => return Ok(Flow::Continue),
+                None => {}
+            }
+        }
+    }
+
+    /// Ends the run on a stop request: a checkpoint of the last finished
+    /// step when asked, then `finished`.
+    fn stop(&mut self, save: bool) -> Result<()> {
+        if save {
+            self.save(CheckpointReason::Stop, true)?;
+        }
+        self.emit(Event::Finished {
+            reason: "stopped by the user".into(),
+            test: None,
+        });
+        Ok(())
+    }
+
+    /// A pass was abandoned for a stop request: take it (and the commands
+    /// before it) and stop.
+    fn take_stop(&mut self) -> Result<()> {
+        loop {
+            if let Flow::Stop { save } = self.poll()? {
+                return self.stop(save);
+            }
+        }
+    }
+
+    /// Evaluates the validation (or test) split, one centre crop at the
+    /// test scale; None when a stop asked.
+    fn evaluate(&mut self, test: bool) -> Result<Option<EvalResult>> {
+        let w = &self.w;
+        let source = if test { &w.data.test } else { &w.data.val };
+        let cmds = &mut self.cmds;
+        let member = Member {
+            model: &w.model,
+            norm: &w.norm,
+        };
+        let run = Runner {
+            batches: &w.batches,
+            chunk: w.cfg.train.batch_size as usize,
+        };
+        eval::evaluate(
+            &[member],
+            source,
+            &Protocol::single(w.card.test_scale),
+            &run,
+            &mut || cmds.stop_requested(),
+            &mut |_| {},
+        )
+    }
+
+    fn train(&mut self) -> Result<()> {
+        // The schedule's stop is in the state: a resumed run it ended ends.
+        while self.w.state.epoch < self.w.cfg.train.epochs && !self.w.state.schedule.stopped {
+            if !self.epoch()? {
+                return Ok(());
+            }
+        }
+        let reason = if self.w.state.schedule.stopped {
+            "validation accuracy stopped improving after the last lr decay".into()
+        } else {
+            format!("{} epochs done", self.w.cfg.train.epochs)
+        };
+        // The run's end leaves a checkpoint to resume (or train longer) from.
+        if self.last_periodic.as_ref().map(|(s, _)| *s) != Some(self.w.state.global_step) {
+            self.save(CheckpointReason::End, true)?;
+        }
+        match self.evaluate(true)? {
+            Some(test) => {
+                self.emit(Event::Finished {
+                    reason,
+                    test: Some(test),
+                });
+                Ok(())
+            }
+            None => self.take_stop(),
+        }
+    }
+
+    /// Trains the rest of the current epoch, then validates it and applies
+    /// the schedule and the checkpoint cadence; false when a stop request
+    /// ended it.
+    fn epoch(&mut self) -> Result<bool> {
+        let started = Instant::now();
+        if !self.steps_of_epoch()? {
+            return Ok(false);
+        }
+        self.sums.flush(&mut self.w.state);
+        self.check_loss()?;
+        let Some(val) = self.evaluate(false)? else {
+            self.take_stop()?;
+            return Ok(false);
+        };
+        let s = &mut self.w.state;
+        let improved = s.schedule.is_best(val.top1);
+        let decision = s.schedule.on_epoch(val.top1);
+        let seen = s.seen.max(1.0);
+        let stats = EpochStats {
+            epoch: s.epoch + 1,
+            train_loss: s.loss_sum / seen,
+            train_acc: s.correct / seen,
+            val,
+            best_top1: s.schedule.best,
+            lr: s.schedule.lr,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        s.history.push(stats.clone());
+        crate::control::compact_history(&mut s.history);
+        s.epoch += 1;
+        s.step = 0;
+        (s.loss_sum, s.correct, s.seen) = (0.0, 0.0, 0.0);
+        let epoch = s.epoch;
+        self.emit(Event::Epoch(stats));
+        if self.skipped > 0 {
+            let first = self.bad.take().unwrap_or_default();
+            self.log(format!(
+                "epoch {epoch}: skipped {} undecodable training images (first: {first})",
+                self.skipped
+            ));
+            self.skipped = 0;
+        }
+        if let Decision::Decay(old, new) = decision {
+            self.set_lr(old, new, LrCause::Plateau);
+        }
+        let every = self.w.cfg.run.checkpoint_every;
+        if every > 0 && (epoch.is_multiple_of(every) || epoch == self.w.cfg.train.epochs) {
+            self.save(CheckpointReason::Epoch, false)?;
+        }
+        if improved {
+            self.save(CheckpointReason::Best, false)?;
+        }
+        Ok(true)
+    }
+
+    /// The epoch's remaining steps; false when a stop request ended it.
+    fn steps_of_epoch(&mut self) -> Result<bool> {
+        let cfg = &self.w.cfg;
+        let (batch, seed) = (cfg.train.batch_size as usize, cfg.train.seed);
+        let throttle = Duration::from_secs_f64(1.0 / cfg.train.step_events_per_sec);
+        let n = self.w.data.train.len();
+        let steps = self.steps();
+        let epoch = self.w.state.epoch;
+        let order = self.w.data.train.order(epoch_seed(seed, epoch));
+        let list = (self.w.state.step..steps)
+            .map(|s| {
+                let idx = order[s * batch..((s + 1) * batch).min(n)].to_vec();
+                (idx, step_seed(seed, epoch, s) as u64)
+            })
+            .collect();
+        let mut stream = self.w.batches.stream(&self.w.data.train, list);
+        let dev = self.w.batches.device;
+        self.sums = Sums::new(dev);
+        let (mut window_loss, mut window_n) = (Tensor::zeros([], (Kind::Double, dev)), 0usize);
+        let mut last_event: Option<(Instant, u64)> = None;
+        while self.w.state.step < steps {
+            if let Flow::Stop { save } = self.poll()? {
+                self.stop(save)?;
+                return Ok(false);
+            }
+            let step = self.w.state.step;
+            tch::manual_seed(step_seed(seed, epoch, step));
+            let cmds = &mut self.cmds;
+            let b = match stream.next(&mut || cmds.stop_requested()) {
+                Fetch::Batch(b) => b?,
+                // The poll at the top of the loop takes the stop.
+                Fetch::Stopped => continue,
+                Fetch::Done => bail!("the training data ended before step {} of {steps}", step + 1),
+            };
+            self.skipped += b.skipped;
+            if self.bad.is_none() {
+                self.bad = b.bad.clone();
+            }
+            self.w.state.step += 1;
+            self.w.state.global_step += 1;
+            if b.is_empty() {
+                // Every image of the batch was undecodable: nothing to learn.
+                continue;
+            }
+            let w = &mut self.w;
+            let x = w.train_aug.train(&b.x);
+            let (loss, correct) = train_step(&w.model, &mut w.sgd, &w.batches, &x, &b.y, w.state.schedule.lr);
+            self.sums.loss += &loss;
+            self.sums.correct += correct;
+            window_loss += &loss;
+            window_n += b.len();
+            self.w.state.seen += b.len() as f64;
+            // The epoch's last step always reports, so every curve reaches it.
+            let last = self.w.state.step == steps;
+            if last || last_event.is_none_or(|(t, _)| t.elapsed() >= throttle) {
+                // The only host sync of a step, at most step-events-per-sec.
+                self.sums.flush(&mut self.w.state);
+                let loss = window_loss.double_value(&[]) / window_n as f64;
+                self.check_loss()?;
+                let now = Instant::now();
+                let global = self.w.state.global_step;
+                let ips = last_event
+                    .map(|(t, s)| (global - s) as f64 * batch as f64 / now.duration_since(t).as_secs_f64())
+                    .unwrap_or(0.0);
+                last_event = Some((now, global));
+                let _ = window_loss.zero_();
+                window_n = 0;
+                self.emit(Event::Step {
+                    epoch: epoch + 1,
+                    step: self.w.state.step,
+                    global_step: global,
+                    loss,
+                    lr: self.w.state.schedule.lr,
+                    images_per_sec: ips,
+                });
+            }
+        }
+        Ok(true)
+    }
+}
