@@ -277,10 +277,11 @@ pub struct BenchCli {
     /// Memory layout: true (NHWC, the trainer's default) or false (NCHW).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub channels_last: bool,
-    /// An ImageNet-style folder (DIR/train/<class>/*.jpg, or DIR/<class>/):
-    /// its JPEG pipeline timed per thread count, then end to end (with
-    /// --input 224 for the ImageNet crop).
-    #[arg(long, value_name = "DIR")]
+    /// An ImageNet-style folder (DIR/train/<class>/*.jpg, or DIR/<class>/),
+    /// or tar shards (DIR/train/*.tar; `--shards DIR` says the same): its
+    /// JPEG pipeline timed per thread count, then end to end (with --input
+    /// 224 for the ImageNet crop).
+    #[arg(long, value_name = "DIR", visible_alias = "shards")]
     pub folder: Option<std::path::PathBuf>,
     /// The training scale S the folder's images are rescaled to.
     #[arg(long, default_value_t = 256)]

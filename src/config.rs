@@ -172,7 +172,8 @@ pub struct DataConfig {
     pub pca_lighting: f64,
     pub pca_source: PcaSource,
     pub normalize: Normalize,
-    /// Decoding threads for folder datasets (0 = all cores).
+    /// Decoding threads for folder and shard datasets (0 = by device: see
+    /// `data::folder::decode_threads`).
     pub workers: usize,
     /// Count and skip undecodable images in folders instead of failing.
     pub skip_bad_images: bool,
@@ -232,7 +233,8 @@ pub struct TrainConfig {
     pub device: String,
     pub seed: u64,
     pub precision: Precision,
-    /// CPU threads for libtorch (0 = libtorch's default).
+    /// CPU threads for libtorch (0 = by device: see
+    /// `engine::prepare::compute_threads`).
     pub threads: i32,
     /// NHWC memory layout for activations and conv weights (faster with
     /// oneDNN on CPU and cuDNN on tensor cores; see BENCHMARKS.md).

@@ -49,13 +49,18 @@ impl Monitor {
         Nvml::builder().lib_path(lib.as_os_str()).init().ok().map(Monitor)
     }
 
-    /// The devices that answer.
+    /// The devices that answer, by CUDA index (as libtorch numbers them).
     pub fn sample(&self, devices: &[u32]) -> Vec<Sample> {
         let me = std::process::id();
+        let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
         devices
             .iter()
             .filter_map(|&index| {
-                let d = self.0.device_by_index(index).ok()?;
+                let d = match nvml_device(index, visible.as_deref())? {
+                    NvmlDevice::Index(i) => self.0.device_by_index(i),
+                    NvmlDevice::Uuid(u) => self.0.device_by_uuid(u.as_str()),
+                }
+                .ok()?;
                 let memory = d.memory_info().ok()?;
                 let process_mb = d.running_compute_processes().ok().and_then(|ps| {
                     ps.iter().find(|p| p.pid == me).and_then(|p| match p.used_gpu_memory {
@@ -73,6 +78,31 @@ impl Monitor {
                 })
             })
             .collect()
+    }
+}
+
+/// How NVML finds a GPU.
+#[derive(Debug, PartialEq)]
+enum NvmlDevice {
+    Index(u32),
+    Uuid(String),
+}
+
+/// The NVML device of CUDA device `index`. NVML ignores
+/// `CUDA_VISIBLE_DEVICES` (which SLURM and torchrun's users set): CUDA's
+/// `index` is the index-th entry there, a physical index or a `GPU-` UUID.
+/// None where it cannot be told (a MIG instance, a malformed list). Without
+/// the variable the two agree (CUDA numbers as NVML does with
+/// `CUDA_DEVICE_ORDER=PCI_BUS_ID`, and on a node of one GPU model).
+fn nvml_device(index: u32, visible: Option<&str>) -> Option<NvmlDevice> {
+    let Some(list) = visible else {
+        return Some(NvmlDevice::Index(index));
+    };
+    let entry = list.split(',').map(str::trim).nth(index as usize)?;
+    if entry.starts_with("GPU-") {
+        Some(NvmlDevice::Uuid(entry.to_owned()))
+    } else {
+        entry.parse().ok().map(NvmlDevice::Index)
     }
 }
 
@@ -122,5 +152,17 @@ mod tests {
             process_mb: Some(2048.0),
         };
         assert_eq!(s.describe(), "GPU0 87% · 30.1/80.0 GB · 64°C");
+    }
+
+    #[test]
+    fn cuda_visible_devices_maps_cuda_indices_to_nvml_ones() {
+        use NvmlDevice::*;
+        assert_eq!(nvml_device(1, None), Some(Index(1)));
+        assert_eq!(nvml_device(0, Some("3,1")), Some(Index(3)));
+        assert_eq!(nvml_device(1, Some("3, 1")), Some(Index(1)));
+        assert_eq!(nvml_device(0, Some("GPU-8f2a")), Some(Uuid("GPU-8f2a".into())));
+        assert_eq!(nvml_device(2, Some("3,1")), None, "not visible");
+        assert_eq!(nvml_device(0, Some("MIG-1c2d")), None);
+        assert_eq!(nvml_device(0, Some("")), None);
     }
 }

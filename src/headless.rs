@@ -24,10 +24,14 @@ pub const EXIT_SIGTERM: i32 = 143;
 /// Seconds between step lines.
 const STEP_LINE_EVERY: Duration = Duration::from_secs(5);
 
-/// SIGINT and SIGTERM caught as flags (for the time before a face runs).
+/// SIGINT, SIGTERM and SIGUSR1 caught as flags from the preparation on;
+/// the headless face goes on with the same flags.
 pub struct StopSignals {
     int: Arc<AtomicBool>,
     term: Arc<AtomicBool>,
+    /// A checkpoint request: caught from the start (its default action
+    /// would kill the process), acted on once the run has started.
+    usr1: Arc<AtomicBool>,
 }
 
 fn flag(sig: i32) -> Arc<AtomicBool> {
@@ -41,6 +45,7 @@ impl StopSignals {
         StopSignals {
             int: flag(SIGINT),
             term: flag(SIGTERM),
+            usr1: flag(SIGUSR1),
         }
     }
 
@@ -214,8 +219,10 @@ impl Preparing {
 }
 
 /// Runs until the engine finishes; returns the process exit code.
-pub fn run(handle: EngineHandle, progress: Progress) -> i32 {
-    let (int, term, usr1) = (flag(SIGINT), flag(SIGTERM), flag(SIGUSR1));
+/// `signals`: those caught since the preparation, so none is lost between
+/// the two.
+pub fn run(handle: EngineHandle, progress: Progress, signals: StopSignals) -> i32 {
+    let StopSignals { int, term, usr1 } = signals;
     let mut code = EXIT_OK;
     let mut stopping = false;
     let mut out = Out::new(progress);

@@ -65,7 +65,8 @@ fn train(args: vggtrain::cli::TrainArgs) -> anyhow::Result<i32> {
         resume: args.resume.clone(),
         explicit,
     };
-    // Until a face takes the signals, SIGINT and SIGTERM end the preparation.
+    // Until a face takes the signals, SIGINT and SIGTERM end the preparation
+    // (and SIGUSR1 does no harm).
     let stop = headless::StopSignals::new();
     let progress = headless::Progress::resolve(args.progress);
     let preparing = headless::Preparing::start(
@@ -92,7 +93,7 @@ fn train(args: vggtrain::cli::TrainArgs) -> anyhow::Result<i32> {
         },
     };
     Ok(if args.no_tui || !std::io::stdout().is_terminal() {
-        headless::run(handle, progress)
+        headless::run(handle, progress, stop)
     } else {
         ui::run(handle, progress)?
     })

@@ -187,6 +187,9 @@ fn an_export_loads_into_torchvision_with_the_probabilities_of_predict() {
             "data.val-size=2",
             "--set",
             "train.lr=1e-4",
+            // With a std as well, as the README's example divides by it.
+            "--set",
+            "data.normalize=\"mean-std\"",
         ])
         .arg("--data-dir")
         .arg(&data)

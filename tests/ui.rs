@@ -813,8 +813,7 @@ fn drain_runs_to_the_end_without_a_terminal() {
 
 #[test]
 fn engine_events_drive_the_panels() -> anyhow::Result<()> {
-    if !Path::new("/usr/share/datasets/fashion-mnist").is_dir() {
-        eprintln!("skipped: /usr/share/datasets/fashion-mnist is absent");
+    if !have_data() {
         return Ok(());
     }
     let tempdir = tempfile::tempdir()?;

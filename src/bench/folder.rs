@@ -15,6 +15,8 @@ use tch::{Device, Tensor};
 #[derive(Debug, Serialize)]
 pub struct FolderReport {
     pub dir: String,
+    /// "folder" (class folders) or "shards" (tar shards).
+    pub format: &'static str,
     pub images: usize,
     pub mean_file_kb: f64,
     pub scale: u32,
@@ -149,7 +151,6 @@ pub fn run(dir: &Path, shape: Shape, m: Model) -> Result<FolderReport> {
             (idx[at..at + batch as usize].to_vec(), s as u64)
         })
         .collect();
-    let mut stream = batches.stream(&source, list);
     let stats = Stats::from_images(
         &plan(all)
             .batch(&items, &idx[..batch as usize], false, 0)?
@@ -158,6 +159,8 @@ pub fn run(dir: &Path, shape: Shape, m: Model) -> Result<FolderReport> {
         cfg.data.pca_source,
     );
     let aug = Augment::new(&cfg.data, &stats, 0, None, batches.device);
+    // Started after the statistics: no batch is decoded before the clock runs.
+    let mut stream = batches.stream(&source, list);
     let mut failed = None;
     let e2e = rate(batch, warmup, steps, || match stream.next(&mut || false) {
         Fetch::Batch(Ok(b)) => train_step(m.net, m.sgd, &batches, &aug.train(&b.x), &b.y, 1e-3).0,
@@ -172,6 +175,7 @@ pub fn run(dir: &Path, shape: Shape, m: Model) -> Result<FolderReport> {
     }
     Ok(FolderReport {
         dir: dir.display().to_string(),
+        format: if tars { "shards" } else { "folder" },
         images: items.len(),
         mean_file_kb: mean_bytes / 1e3,
         scale,
@@ -186,8 +190,8 @@ pub fn run(dir: &Path, shape: Shape, m: Model) -> Result<FolderReport> {
 impl FolderReport {
     pub fn print(&self) {
         println!(
-            "JPEG folder {} · {} images, {:.0} kB mean · S = {}, random crop, flip",
-            self.dir, self.images, self.mean_file_kb, self.scale
+            "JPEG {} {} · {} images, {:.0} kB mean · S = {}, random crop, flip",
+            self.format, self.dir, self.images, self.mean_file_kb, self.scale
         );
         for t in &self.threads {
             println!(

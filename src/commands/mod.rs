@@ -134,8 +134,9 @@ pub fn export(ckpt: &Path, out: &Path) -> Result<()> {
     let mut weights: Vec<_> = loaded.weights.into_iter().collect();
     weights.sort_by(|a, b| a.0.cmp(&b.0));
     let meta = card
-        .as_ref()
-        .map(|c| HashMap::from([(CARD_KEY.to_owned(), c.to_json())]));
+        .iter()
+        .map(|c| (CARD_KEY.to_owned(), c.to_json()))
+        .collect::<HashMap<_, _>>();
     checkpoint::write_atomic(out, &checkpoint::to_bytes(&weights, meta)?)?;
     println!(
         "wrote {} tensors to {}{}",

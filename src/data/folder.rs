@@ -307,15 +307,50 @@ pub struct HostBatch {
     pub bad: Option<String>,
 }
 
+/// A batch as host tensors made ready, on the prefetch thread, for a copy
+/// to the training device: page-locked on CUDA, so that `upload` does not
+/// block the thread that trains.
+pub struct Staged {
+    pub x: Tensor,
+    pub y: Tensor,
+    pub skipped: usize,
+    pub bad: Option<String>,
+}
+
 impl HostBatch {
     pub fn to_tensors(&self, device: tch::Device) -> (Tensor, Tensor) {
+        let s = self.stage(tch::Device::Cpu);
+        (upload(&s.x, device), upload(&s.y, device))
+    }
+
+    /// [N, 3, crop, crop] bytes and the labels, page-locked for `device`
+    /// when it is a GPU.
+    pub fn stage(&self, device: tch::Device) -> Staged {
         let n = self.labels.len() as i64;
-        (
-            Tensor::from_slice(&self.pixels)
-                .view([n, 3, self.crop, self.crop])
-                .to_device(device),
-            Tensor::from_slice(&self.labels).to_device(device),
-        )
+        let x = Tensor::from_slice(&self.pixels).view([n, 3, self.crop, self.crop]);
+        let y = Tensor::from_slice(&self.labels);
+        let (x, y) = if device.is_cuda() {
+            (x.pin_memory(device), y.pin_memory(device))
+        } else {
+            (x, y)
+        };
+        Staged {
+            x,
+            y,
+            skipped: self.skipped,
+            bad: self.bad.clone(),
+        }
+    }
+}
+
+/// A host tensor on `device`; from page-locked memory to a GPU the copy is
+/// queued on the device's stream without waiting (the kernels that read it
+/// come after it on that stream).
+pub fn upload(t: &Tensor, device: tch::Device) -> Tensor {
+    if device.is_cuda() && t.device() == tch::Device::Cpu {
+        t.to_device_(device, t.kind(), true, false)
+    } else {
+        t.to_device(device)
     }
 }
 

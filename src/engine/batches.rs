@@ -181,7 +181,7 @@ pub enum Stream {
         list: std::vec::IntoIter<(Vec<usize>, u64)>,
     },
     Folder {
-        rx: Receiver<Result<folder::HostBatch, DataError>>,
+        rx: Receiver<Result<folder::Staged, DataError>>,
         device: Device,
     },
 }
@@ -209,14 +209,11 @@ impl Stream {
             },
             Stream::Folder { rx, device } => {
                 let device = *device;
-                wait(rx, stop, |b: folder::HostBatch| {
-                    let (x, y) = b.to_tensors(device);
-                    Batch {
-                        x,
-                        y,
-                        skipped: b.skipped,
-                        bad: b.bad,
-                    }
+                wait(rx, stop, |b: folder::Staged| Batch {
+                    x: folder::upload(&b.x, device),
+                    y: folder::upload(&b.y, device),
+                    skipped: b.skipped,
+                    bad: b.bad,
                 })
             }
         }
@@ -251,9 +248,12 @@ impl Batches {
             },
             Source::Folder(items) => {
                 let (plan, items) = (self.plan.clone().expect("a plan for folder datasets"), items.clone());
+                let device = self.device;
                 Stream::Folder {
-                    rx: folder::prefetch(list, PREFETCH, move |idx, seed| plan.batch(&items, idx, true, seed)),
-                    device: self.device,
+                    rx: folder::prefetch(list, PREFETCH, move |idx, seed| {
+                        plan.batch(&items, idx, true, seed).map(|b| b.stage(device))
+                    }),
+                    device,
                 }
             }
         }

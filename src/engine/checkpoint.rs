@@ -126,19 +126,23 @@ impl Host {
         )
     }
 
-    fn to_bytes(&self, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+    /// The safetensors bytes, with the checksum added to `meta`.
+    fn sealed(&self, mut meta: HashMap<String, String>) -> Result<Vec<u8>> {
+        meta.insert(CHECKSUM_KEY.to_owned(), format!("{:08x}", self.checksum(&meta)));
         let views = self
             .0
             .iter()
             .map(|(n, d, s, b)| Ok((n.as_str(), TensorView::new(*d, s.clone(), b)?)))
             .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-        Ok(safetensors::tensor::serialize(views, &metadata)?)
+        Ok(safetensors::tensor::serialize(views, &Some(meta))?)
     }
 }
 
 /// Serialises named tensors and metadata to safetensors bytes.
-pub fn to_bytes(tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
-    Host::new(tensors)?.to_bytes(metadata)
+/// The metadata gets the checksum of the tensors and itself, which every
+/// load by vggtrain verifies.
+pub fn to_bytes(tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    Host::new(tensors)?.sealed(metadata)
 }
 
 /// The folder of a path ("." for a bare file name).
@@ -157,8 +161,11 @@ fn temp_name(path: &Path) -> PathBuf {
     ))
 }
 
-/// Removes temp files of writers that are gone (killed during a save) in
-/// `dir`; with `target`, only those of that file name. Returns how many.
+/// Removes temp files of writers killed during a save in `dir`. `target`
+/// None: every one but this process's, for a caller that holds the run's
+/// lock (no other writer can be live; the pid in a name may have been
+/// reused since). `target` Some: only those of that file name whose process
+/// is gone (a folder others may write in too). Returns how many.
 pub fn remove_stale_temp_files(dir: &Path, target: Option<&str>) -> usize {
     let mut removed = 0;
     for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -166,10 +173,13 @@ pub fn remove_stale_temp_files(dir: &Path, target: Option<&str>) -> usize {
         let Some((pid, file)) = name.strip_prefix(TEMP_PREFIX).and_then(|r| r.split_once('-')) else {
             continue;
         };
-        let alive = pid
-            .parse::<i32>()
-            .is_ok_and(|p| p as u32 == std::process::id() || unsafe { libc::kill(p, 0) } == 0);
-        if !alive && target.is_none_or(|t| t == file) && fs::remove_file(entry.path()).is_ok() {
+        let pid = pid.parse::<i32>().ok();
+        let mine = pid.is_some_and(|p| p as u32 == std::process::id());
+        let stale = match target {
+            None => !mine,
+            Some(t) => t == file && !mine && pid.is_none_or(|p| unsafe { libc::kill(p, 0) } != 0),
+        };
+        if stale && fs::remove_file(entry.path()).is_ok() {
             removed += 1;
         }
     }
@@ -234,13 +244,11 @@ pub fn save(
         format: FORMAT,
         ..state.clone()
     };
-    let host = Host::new(&tensors)?;
-    let mut meta = HashMap::from([
+    let meta = HashMap::from([
         (STATE_KEY.to_owned(), serde_json::to_string(&state)?),
         (CARD_KEY.to_owned(), card.to_json()),
     ]);
-    meta.insert(CHECKSUM_KEY.to_owned(), format!("{:08x}", host.checksum(&meta)));
-    write_atomic(path, &host.to_bytes(Some(meta))?)
+    write_atomic(path, &to_bytes(&tensors, meta)?)
 }
 
 /// A loaded checkpoint: weights, momentum buffers and state.
@@ -262,24 +270,41 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, TrainStat
         .get(STATE_KEY)
         .ok_or_else(|| corrupt(&"no training state (an exported weights file?)"))?;
     let state: TrainState = serde_json::from_str(state_json).map_err(|e| corrupt(&e))?;
-    if state.format >= FORMAT {
-        let want = meta
-            .get(CHECKSUM_KEY)
-            .ok_or_else(|| corrupt(&"its checksum is missing"))?;
-        let tensors = st.tensors();
-        let got = checksum(
-            tensors
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())),
-            &meta,
-        );
-        if format!("{got:08x}") != *want {
-            return Err(corrupt(&format!(
-                "damaged: the checksum of its data is {got:08x}, {want} was written"
-            )));
-        }
+    if state.format >= FORMAT && !meta.contains_key(CHECKSUM_KEY) {
+        return Err(corrupt(&"its checksum is missing"));
     }
+    check_sum(&st, &meta).map_err(|e| corrupt(&e))?;
     Ok((st, state))
+}
+
+/// Compares the checksum in `meta`, where there is one, with the data's.
+fn check_sum(st: &SafeTensors, meta: &HashMap<String, String>) -> Result<(), String> {
+    let Some(want) = meta.get(CHECKSUM_KEY) else {
+        return Ok(());
+    };
+    let tensors = st.tensors();
+    let got = checksum(
+        tensors
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())),
+        meta,
+    );
+    if format!("{got:08x}") != *want {
+        return Err(format!(
+            "damaged: the checksum of its data is {got:08x}, {want} was written"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a weights file vggtrain wrote (a checkpoint or an export) against
+/// its checksum; a file without one (older, or from elsewhere) passes.
+pub fn verify_weights(path: &Path) -> Result<()> {
+    let bytes = read(path)?;
+    let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", path.display());
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(&e))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(&e))?;
+    check_sum(&st, &meta.metadata().clone().unwrap_or_default()).map_err(|e| bad(&e))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {

@@ -67,13 +67,26 @@ fn settle_resume(dir: &Path, wanted: &Config, explicit: &BTreeSet<String>) -> Re
     })
 }
 
+/// libtorch's intra-op threads for `train.threads` on `device`, where they
+/// are set. 0 chooses: on the CPU libtorch's default (every core: the step
+/// is the work; the decoding pool is small, `folder::decode_threads`); on
+/// CUDA one, since the step runs on the GPU and the other cores decode: an
+/// idle pool of every core would spin against the decoding threads.
+pub fn compute_threads(threads: i32, device: tch::Device) -> Option<i32> {
+    match threads {
+        0 if device.is_cuda() => Some(1),
+        0 => None,
+        n => Some(n),
+    }
+}
+
 pub fn prepare(cfg: Config, resume: Option<&Path>, explicit: &BTreeSet<String>) -> Result<Prepared> {
     let resumed = resume.map(|dir| settle_resume(dir, &cfg, explicit)).transpose()?;
     let cfg = resumed.as_ref().map_or(cfg, |r| r.settled.config.clone());
-    if cfg.train.threads > 0 {
-        tch::set_num_threads(cfg.train.threads);
-    }
     let device = super::resolve_device(&cfg.train.device)?;
+    if let Some(n) = compute_threads(cfg.train.threads, device) {
+        tch::set_num_threads(n);
+    }
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
     }
@@ -232,4 +245,18 @@ fn continue_from(
         format: fresh.format,
         ..loaded.state
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compute_threads;
+    use tch::Device;
+
+    #[test]
+    fn libtorch_threads_leave_the_cores_to_decoding_on_a_gpu_only() {
+        assert_eq!(compute_threads(0, Device::Cuda(0)), Some(1));
+        assert_eq!(compute_threads(0, Device::Cpu), None, "libtorch's default: every core");
+        assert_eq!(compute_threads(3, Device::Cuda(0)), Some(3), "asked for");
+        assert_eq!(compute_threads(3, Device::Cpu), Some(3));
+    }
 }

@@ -96,6 +96,8 @@ struct Run<'a> {
     last_good: Option<PathBuf>,
     /// The periodic checkpoint of the newest save, by global step.
     last_periodic: Option<(u64, PathBuf)>,
+    /// best.safetensors as this process last wrote it, by global step.
+    last_best: Option<(u64, PathBuf)>,
     /// Checkpoints known good (written or verified by this process).
     verified: HashSet<PathBuf>,
     sums: Sums,
@@ -115,6 +117,7 @@ impl Worker {
             paused: false,
             last_good,
             last_periodic: None,
+            last_best: None,
             verified: HashSet::new(),
             sums: Sums::new(device),
             skipped: 0,
@@ -248,8 +251,13 @@ impl Run<'_> {
             CheckpointReason::Best => dir.join(checkpoint::BEST),
             _ => dir.join(checkpoint::periodic_name(step)),
         };
-        let written = match (&self.last_periodic, reason) {
-            (Some((s, same)), CheckpointReason::Best) if *s == step => checkpoint::link_atomic(same, &path),
+        // A file of this step already written: the same bytes, linked.
+        let same_step = match reason {
+            CheckpointReason::Best => &self.last_periodic,
+            _ => &self.last_best,
+        };
+        let written = match same_step {
+            Some((s, same)) if *s == step => checkpoint::link_atomic(same, &path),
             _ => {
                 let mut weights: Vec<(String, Tensor)> = self.w.vs.variables().into_iter().collect();
                 weights.sort_by(|a, b| a.0.cmp(&b.0));
@@ -263,7 +271,9 @@ impl Run<'_> {
             self.log(format!("warning: checkpoint failed: {e:#}"));
             return Ok(());
         }
-        if reason != CheckpointReason::Best {
+        if reason == CheckpointReason::Best {
+            self.last_best = Some((step, path.clone()));
+        } else {
             self.verified.insert(path.clone());
             for (d, to) in checkpoint::prune(&dir, self.w.cfg.run.keep_last, &mut self.verified) {
                 self.log(format!(

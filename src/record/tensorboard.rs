@@ -107,6 +107,24 @@ fn event(wall_time: f64, step: i64, what: What) -> Vec<u8> {
     out
 }
 
+/// The newest time stamp in the names of `dir`'s event files. TensorBoard
+/// reads a folder's files in name order and skips one that sorts before the
+/// file it has read: a new file's name must sort after every earlier one
+/// (the same second, or a clock set back, would not).
+fn newest_secs(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix("events.out.tfevents.")?
+                .split('.')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .max()
+}
+
 fn hostname() -> String {
     let mut buf = [0u8; 256];
     let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
@@ -140,10 +158,11 @@ impl Writer {
     pub fn create(dir: &Path) -> Result<Writer> {
         static FILES: AtomicU32 = AtomicU32::new(0);
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let secs = std::time::SystemTime::now()
+        let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let secs = now.max(newest_secs(dir).map_or(0, |s| s + 1));
         let name = format!(
             "events.out.tfevents.{secs}.{}.{}.{}",
             hostname(),
@@ -293,5 +312,24 @@ mod tests {
         assert_eq!(e, want);
         let start = event(0.0, 0, What::Start);
         assert_eq!(&start[start.len() - 4..], &[0x3a, 0x02, 0x08, 0x01]);
+    }
+
+    #[test]
+    fn a_new_event_file_sorts_after_every_earlier_one() {
+        let dir = tempfile::tempdir().unwrap();
+        // An earlier process's file from "the future" (a clock set back since).
+        let later = "events.out.tfevents.1999999999.host.99999.0";
+        std::fs::write(dir.path().join(later), b"").unwrap();
+        Writer::create(dir.path()).unwrap();
+        Writer::create(dir.path()).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 3);
+        assert_eq!(names[0], later, "{names:?}");
+        assert!(names[1].starts_with("events.out.tfevents.2000000000."), "{names:?}");
+        assert!(names[2].starts_with("events.out.tfevents.2000000001."), "{names:?}");
     }
 }

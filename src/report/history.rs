@@ -3,6 +3,7 @@
 //! after it, as the run itself did.
 use crate::control::{EpochStats, Event, LrCause};
 use anyhow::{Context, Result};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 /// What a report draws of one run.
@@ -20,7 +21,7 @@ pub struct History {
 impl History {
     pub fn read(run: &Path) -> Result<History> {
         let path = run.join("metrics.jsonl");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let file = std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let mut h = History {
             name: run
                 .file_name()
@@ -32,9 +33,14 @@ impl History {
             epochs: Vec::new(),
             lr: Vec::new(),
         };
-        // A live run may be writing its last line.
-        for line in text.lines().filter(|l| l.ends_with('}')) {
-            if let Ok(e) = serde_json::from_str::<Event>(line) {
+        // Read a line at a time (an epoch's line holds its confusion matrix:
+        // megabytes at 1,000 classes). A live run may be writing its last line.
+        for line in BufReader::new(file).split(b'\n') {
+            let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+            if !line.ends_with(b"}") {
+                continue;
+            }
+            if let Ok(e) = serde_json::from_slice::<Event>(&line) {
                 h.apply(&e);
             }
         }
@@ -66,7 +72,14 @@ impl History {
             Event::Step { global_step, loss, .. } if loss.is_finite() => {
                 self.steps.push((self.at(*global_step), *loss));
             }
-            Event::Epoch(s) => self.epochs.push(s.clone()),
+            Event::Epoch(s) => {
+                // Only the newest epoch keeps its confusion matrix, as in the
+                // run's own memory: the history stays small however long.
+                if let Some(last) = self.epochs.last_mut() {
+                    last.val.confusion = Vec::new();
+                }
+                self.epochs.push(s.clone())
+            }
             Event::LrChanged {
                 new,
                 cause,
@@ -92,5 +105,53 @@ impl History {
             .rev()
             .map(|e| &e.val.confusion)
             .find(|c| !c.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::EvalResult;
+
+    fn epoch(n: usize, classes: usize) -> String {
+        let val = EvalResult {
+            loss: 1.0,
+            top1: 0.1 * n as f64,
+            top5: 0.5,
+            per_class: vec![0.1; classes],
+            confusion: vec![vec![n as u64; classes]; classes],
+            images: 10,
+            skipped: 0,
+        };
+        let e = Event::Epoch(EpochStats {
+            epoch: n,
+            train_loss: 1.0,
+            train_acc: 0.2,
+            val,
+            best_top1: 0.1 * n as f64,
+            lr: 0.01,
+            seconds: 1.0,
+        });
+        serde_json::to_string(&e).unwrap()
+    }
+
+    #[test]
+    fn only_the_newest_epoch_keeps_its_matrix_and_a_cut_last_line_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text: String = (1..=3).map(|n| epoch(n, 50) + "\n").collect();
+        // A live run writing its fourth epoch's line.
+        text.push_str(&epoch(4, 50)[..100]);
+        std::fs::write(dir.path().join("metrics.jsonl"), text).unwrap();
+        let h = History::read(dir.path()).unwrap();
+        assert_eq!(h.epochs.len(), 3);
+        let with: Vec<usize> = h
+            .epochs
+            .iter()
+            .filter(|e| !e.val.confusion.is_empty())
+            .map(|e| e.epoch)
+            .collect();
+        assert_eq!(with, [3]);
+        assert_eq!(h.confusion().unwrap()[0][0], 3);
+        assert_eq!(h.best().unwrap().epoch, 3);
     }
 }

@@ -401,7 +401,11 @@ pub fn run(handle: EngineHandle, progress: crate::headless::Progress) -> Result<
         Ok(s) => s,
         Err(e) => {
             eprintln!("vggtrain: {e:#}; running headless");
-            return Ok(crate::headless::run(handle, progress));
+            return Ok(crate::headless::run(
+                handle,
+                progress,
+                crate::headless::StopSignals::new(),
+            ));
         }
     };
     let mut app = App::new().with_no_color(no_color);
@@ -437,7 +441,7 @@ pub fn run(handle: EngineHandle, progress: crate::headless::Progress) -> Result<
             signals.close();
             eprintln!("vggtrain: the terminal UI crashed; training continues headless");
             handle.send(Command::Resume);
-            crate::headless::run(handle, progress)
+            crate::headless::run(handle, progress, crate::headless::StopSignals::new())
         }
     };
     if let Some(p) = stderr_log {

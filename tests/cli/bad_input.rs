@@ -164,5 +164,33 @@ fn eval_refuses_dense_scales_the_network_cannot_take_and_export_takes_a_bare_nam
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    assert!(tch::Tensor::read_safetensors(tmp.path().join("bare.safetensors")).is_ok());
+    let export = tmp.path().join("bare.safetensors");
+    assert!(tch::Tensor::read_safetensors(&export).is_ok());
+
+    // A flipped byte in the weights of an export or of a fused checkpoint
+    // is damage for predict and eval, never a silent load.
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/samples/bag.png");
+    let sample = sample.to_str().unwrap();
+    let o = run(&["predict", "--checkpoint", export.to_str().unwrap(), sample]);
+    assert!(o.status.success(), "{}", text(&o));
+    let damaged = tmp.path().join("damaged.safetensors");
+    for (good, what) in [(export.as_path(), "export"), (ckpt.as_path(), "checkpoint")] {
+        let mut bytes = std::fs::read(good).unwrap();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 1;
+        std::fs::write(&damaged, bytes).unwrap();
+        let d = damaged.to_str().unwrap();
+        for args in [
+            vec!["predict", "--checkpoint", d, sample],
+            vec!["eval", "--checkpoint", c, "--checkpoint", d],
+        ] {
+            let o = run(&args);
+            let t = text(&o);
+            assert!(!o.status.success(), "{what}: {args:?} loaded a damaged file: {t}");
+            assert!(
+                t.contains("damaged") && t.contains("damaged.safetensors"),
+                "{what}: {t}"
+            );
+        }
+    }
 }

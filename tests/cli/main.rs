@@ -12,7 +12,7 @@ mod resume;
 mod signals;
 mod usage;
 
-use common::{bin, have_data, text, wait_until, FASHION};
+use common::{bin, have_data, snapshot, text, wait_until, FASHION};
 
 fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("vggtrain runs")
@@ -115,22 +115,4 @@ fn mnist_run(runs: &Path, data: &Path, name: &str, epochs: usize) -> Vec<String>
         .chain(["--data-dir".into(), data.display().to_string()])
         .chain(["--runs-dir".into(), runs.display().to_string()])
         .collect()
-}
-
-/// Every file under `dir` and its bytes.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_owned()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.push((p.clone(), std::fs::read(&p).unwrap_or_default()));
-            }
-        }
-    }
-    out.sort();
-    out
 }

@@ -116,7 +116,7 @@ fn log_has(log: &Path, what: &str) -> bool {
 }
 
 #[test]
-fn sigint_while_the_run_is_prepared_exits_130_and_writes_nothing() {
+fn sigint_while_the_run_is_prepared_exits_130_and_writes_nothing_and_sigusr1_is_harmless() {
     let tmp = tempfile::tempdir().unwrap();
     let (runs, data, log) = (
         tmp.path().join("runs"),
@@ -129,6 +129,10 @@ fn sigint_while_the_run_is_prepared_exits_130_and_writes_nothing() {
     let mut child = spawn_logged(folder_run(&runs, &data, "p"), &log);
     wait_until("the preparation", 60, || log_has(&log, "preparing the run"));
     std::thread::sleep(std::time::Duration::from_millis(300));
+    // A checkpoint request has nothing to save yet, and kills nothing.
+    signal(&child, libc::SIGUSR1);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "SIGUSR1 ended the preparation");
     signal(&child, libc::SIGINT);
     assert_eq!(exit_within(&mut child, 5, "preparing"), 130);
     assert!(

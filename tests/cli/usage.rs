@@ -160,6 +160,65 @@ fn bench_reports_every_measure_as_json() {
     }
     assert_eq!(r["model"], "VGG A (11 layers) 1/8 width");
     assert_eq!(r["channels_last"], true);
+    assert_eq!(f["format"], "folder");
+
+    // The same photographs packed as tar shards, through `--shards`.
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    let photos = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/photos");
+    let packed = tmp.path().join("photos");
+    std::fs::create_dir_all(packed.join("val")).unwrap();
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        for class in std::fs::read_dir(from).unwrap() {
+            let class = class.unwrap().path();
+            let dst = to.join(class.file_name().unwrap());
+            std::fs::create_dir_all(&dst).unwrap();
+            for f in std::fs::read_dir(&class).unwrap() {
+                let f = f.unwrap().path();
+                std::fs::copy(&f, dst.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+    };
+    copy(&std::path::Path::new(photos).join("train"), &packed.join("train"));
+    copy(&std::path::Path::new(photos).join("train"), &packed.join("val"));
+    let o = run(&[
+        "pack",
+        "--data-dir",
+        packed.to_str().unwrap(),
+        "--out",
+        shards.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&[
+        "bench",
+        "--model",
+        "A",
+        "--width",
+        "8",
+        "--input",
+        "32",
+        "--batch",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--shards",
+        shards.to_str().unwrap(),
+        "--scale",
+        "40",
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (r["folder"]["format"].as_str(), r["folder"]["images"].as_u64()),
+        (Some("shards"), Some(8)),
+        "{r}"
+    );
+    assert!(r["folder"]["end_to_end_images_per_sec"].as_f64().unwrap() > 0.0, "{r}");
 }
 
 #[test]

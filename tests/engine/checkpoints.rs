@@ -126,6 +126,10 @@ fn a_resume_past_a_damaged_newest_checkpoint_keeps_the_good_ones_and_cleans_up()
     flip(&damaged, -100);
     let temp = ckpts.join(".tmp-999999-ckpt-0000000020.safetensors");
     std::fs::write(&temp, vec![0u8; 4096]).unwrap();
+    // Another, named by a pid that is live again (reused after a restart):
+    // the resume holds the run's lock, so it is stale all the same.
+    let reused = ckpts.join(".tmp-1-ckpt-0000000016.safetensors");
+    std::fs::write(&reused, vec![0u8; 4096]).unwrap();
 
     let mut cfg = tiny(runs.path(), 3);
     cfg.run.keep_last = 1;
@@ -142,8 +146,8 @@ fn a_resume_past_a_damaged_newest_checkpoint_keeps_the_good_ones_and_cleans_up()
             .any(|m| m.contains("moved a damaged checkpoint aside") && m.contains("ckpt-0000000999")),
         "{logs:?}"
     );
-    assert!(logs.iter().any(|m| m.contains("removed 1 temporary file")), "{logs:?}");
-    assert!(!temp.exists());
+    assert!(logs.iter().any(|m| m.contains("removed 2 temporary file")), "{logs:?}");
+    assert!(!temp.exists() && !reused.exists());
     assert!(ckpts.join("ckpt-0000000999.safetensors.damaged").is_file());
     // keep-last = 1 keeps the newest good checkpoint, by step.
     let left = checkpoint::list(&ckpts);
@@ -203,6 +207,14 @@ fn the_end_of_a_run_always_leaves_a_checkpoint_to_resume_from() {
     let (dir, events) = run_to_end(Start::new(cfg));
     assert_eq!(saved_reasons(&events), [CheckpointReason::Best, CheckpointReason::End]);
     assert_eq!(checkpoint::load(&newest(&dir).unwrap()).unwrap().state.epoch, 1);
+    // The end's checkpoint of the best's step is the same file, not a copy.
+    let end = std::fs::metadata(newest(&dir).unwrap()).unwrap();
+    let best = std::fs::metadata(dir.join("checkpoints").join(checkpoint::BEST)).unwrap();
+    assert_eq!(
+        (end.ino(), end.nlink()),
+        (best.ino(), 2),
+        "the end is a hard link to best"
+    );
 
     // A plateau stop between two periodic saves (every 5 epochs).
     let mut cfg = tiny(runs.path(), 6);

@@ -19,7 +19,7 @@ mod common;
 mod shards;
 mod training;
 
-use common::have_data;
+use common::{have_data, snapshot};
 
 /// libtorch's generator is global to the process, and each engine seeds it
 /// per step: tests that train or draw random numbers run one at a time.
@@ -103,24 +103,6 @@ fn tensors(path: &Path) -> HashMap<String, Tensor> {
     let mut all = l.weights;
     all.extend(l.momentum.into_iter().map(|(k, v)| (format!("momentum.{k}"), v)));
     all
-}
-
-/// Every file of a directory tree and its bytes.
-fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_owned()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.push((p.clone(), std::fs::read(&p).unwrap_or_default()));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// root/{train,val}/<class>/*.png: `classes` classes of tiny images.
