@@ -1,6 +1,38 @@
 //! Makes the binary find libtorch without LD_LIBRARY_PATH and find CUDA when
-//! libtorch has it.
+//! libtorch has it, and compiles the c10d shim (src/dist/c10d.cpp) against
+//! libtorch's headers and gloo's (Debian's libgloo-dev).
 use std::{env, fs, path::Path};
+
+/// Where gloo's headers are looked for (ProcessGroupGloo.hpp includes them;
+/// the PyTorch wheel lacks them).
+const GLOO_INCLUDES: [&str; 2] = ["/usr/include", "/usr/local/include"];
+
+fn c10d_shim(root: &Path) {
+    println!("cargo:rerun-if-changed=src/dist/c10d.cpp");
+    println!("cargo:rerun-if-env-changed=GLOO_INCLUDE_DIR");
+    let gloo = env::var("GLOO_INCLUDE_DIR")
+        .map(|d| vec![d])
+        .unwrap_or_else(|_| GLOO_INCLUDES.map(str::to_owned).to_vec());
+    let Some(gloo) = gloo.iter().find(|d| Path::new(d).join("gloo/algorithm.h").is_file()) else {
+        panic!(
+            "gloo's headers (gloo/algorithm.h) are not in {}: install Debian's libgloo-dev \
+             (scripts/setup.sh does; or apt-get install libgloo-dev), or set GLOO_INCLUDE_DIR",
+            gloo.join(", ")
+        );
+    };
+    let include = root.join("include");
+    cc::Build::new()
+        .cpp(true)
+        .file("src/dist/c10d.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .include(gloo)
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .define("USE_C10D_GLOO", None)
+        .warnings(false)
+        .compile("vggtrain_c10d");
+}
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
@@ -18,6 +50,7 @@ fn main() {
     // The libtorch version, for `vggtrain info`: a pip install has version.py
     // beside lib/, a standalone libtorch has build-version.
     let root = lib.parent().unwrap_or(lib);
+    c10d_shim(root);
     let version = fs::read_to_string(root.join("version.py"))
         .ok()
         .and_then(|text| {

@@ -2,8 +2,9 @@
 # Everything vggtrain needs on a fresh machine, each step skipped when done:
 #  1. PyTorch 2.11.0 (libtorch for tch 0.24) from PyPI into a cache folder
 #     outside the repo, linked as .libtorch (see .cargo/config.toml);
-#  2. the offline dataset: Debian's dataset-fashion-mnist, and cmake and
-#     nasm, which the build of libjpeg-turbo (the turbojpeg crate) needs;
+#  2. the offline dataset: Debian's dataset-fashion-mnist; cmake and nasm,
+#     which the build of libjpeg-turbo (the turbojpeg crate) needs; and
+#     libgloo-dev, gloo's headers for the c10d shim (data parallelism);
 #  3. with --for-tests: tmux, for the real-terminal tests, and the Python
 #     references the tests check against (torchvision 0.26.0 on that
 #     PyTorch, TensorBoard's reader, and what they need), linked as .pyref.
@@ -79,6 +80,7 @@ missing=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
 command -v cmake >/dev/null || missing+=(cmake)
 command -v nasm >/dev/null || missing+=(nasm)
+[ -f /usr/include/gloo/algorithm.h ] || missing+=(libgloo-dev)
 [ "$FOR_TESTS" = 0 ] || command -v tmux >/dev/null || missing+=(tmux)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo -n); fi
@@ -91,5 +93,5 @@ if [ ${#missing[@]} -gt 0 ]; then
     die "missing ${missing[*]}, and no root or password-less sudo to install it: run sudo apt-get install ${missing[*]}, then again"
   fi
 else
-  say "Fashion-MNIST, cmake and nasm present$([ "$FOR_TESTS" = 0 ] || echo ', tmux present')"
+  say "Fashion-MNIST, cmake, nasm and libgloo-dev present$([ "$FOR_TESTS" = 0 ] || echo ', tmux present')"
 fi

@@ -1,0 +1,169 @@
+//! The process group of a data-parallel run: PyTorch's own c10d (a TCPStore
+//! rendezvous and a Gloo process group) through a small C++ shim,
+//! `c10d.cpp`, that `build.rs` compiles against libtorch's headers and
+//! Debian's `libgloo-dev`. Every C++ exception comes back as an error
+//! naming what failed; every call is bounded by the group's timeout.
+//!
+//! `Rendezvous::from_env` reads where the ranks meet from torchrun's
+//! environment (or SLURM's); `ProcessGroup::join` meets them there.
+use anyhow::{bail, Context, Result};
+use std::{
+    ffi::{c_char, c_int, c_void, CStr, CString},
+    time::Duration,
+};
+use tch::Tensor;
+
+extern "C" {
+    fn vgg_dist_error() -> *const c_char;
+    fn vgg_dist_init(
+        host: *const c_char,
+        port: c_int,
+        rank: c_int,
+        world: c_int,
+        client_only: c_int,
+        timeout_ms: i64,
+    ) -> *mut c_void;
+    fn vgg_dist_all_reduce_sum(group: *mut c_void, tensor: *mut c_void) -> c_int;
+    fn vgg_dist_broadcast(group: *mut c_void, tensor: *mut c_void, root: c_int) -> c_int;
+    fn vgg_dist_barrier(group: *mut c_void) -> c_int;
+    fn vgg_dist_free(group: *mut c_void);
+}
+
+/// The shim's message for the last call on this thread that failed.
+fn last_error() -> String {
+    unsafe { CStr::from_ptr(vgg_dist_error()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Where the ranks of a run meet, and which one this process is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rendezvous {
+    pub host: String,
+    pub port: u16,
+    pub rank: usize,
+    pub world: usize,
+    /// The rank among this machine's (its GPU, on CUDA).
+    pub local_rank: usize,
+    /// Another process (torchrun's agent) serves the store: rank 0 too
+    /// connects as a client.
+    pub agent_store: bool,
+}
+
+impl Rendezvous {
+    /// From the launcher's environment (`get`: a variable's value):
+    /// torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT and
+    /// TORCHELASTIC_USE_AGENT_STORE, or, without RANK, SLURM's SLURM_PROCID,
+    /// SLURM_NTASKS and SLURM_LOCALID (with MASTER_ADDR and MASTER_PORT).
+    /// None when no launcher started this process.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Rendezvous>> {
+        let (rank, world, local) = match get("RANK") {
+            Some(_) => ("RANK", "WORLD_SIZE", "LOCAL_RANK"),
+            None if get("SLURM_PROCID").is_some() => ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
+            None => return Ok(None),
+        };
+        let number = |key: &str| -> Result<usize> {
+            let v = get(key).with_context(|| format!("{rank} is set but {key} is not"))?;
+            v.trim().parse().with_context(|| format!("{key}={v:?}: not a number"))
+        };
+        let r = Rendezvous {
+            rank: number(rank)?,
+            world: number(world)?,
+            local_rank: get(local).map_or(Ok(0), |_| number(local))?,
+            host: get("MASTER_ADDR").with_context(|| format!("{rank} is set but MASTER_ADDR is not"))?,
+            port: {
+                let p = number("MASTER_PORT")?;
+                u16::try_from(p)
+                    .ok()
+                    .filter(|&p| p > 0)
+                    .with_context(|| format!("MASTER_PORT={p}: not a port"))?
+            },
+            agent_store: get("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v == "True"),
+        };
+        if r.world == 0 || r.rank >= r.world {
+            bail!(
+                "{rank}={} with {world}={}: the rank must be below the world size",
+                r.rank,
+                r.world
+            );
+        }
+        Ok(Some(r))
+    }
+}
+
+/// This process's membership of a c10d process group (Gloo).
+pub struct ProcessGroup {
+    group: *mut c_void,
+    pub rank: usize,
+    pub world: usize,
+}
+
+// The group is used by one thread at a time (the engine's); c10d's own
+// threads are behind it.
+unsafe impl Send for ProcessGroup {}
+
+impl ProcessGroup {
+    /// Meets the other ranks at the rendezvous (rank 0 serves the store
+    /// unless the launcher's agent does); an error when they are not all
+    /// there within `timeout`, which also bounds every later collective.
+    pub fn join(r: &Rendezvous, timeout: Duration) -> Result<ProcessGroup> {
+        let host = CString::new(r.host.as_str()).context("MASTER_ADDR holds a NUL byte")?;
+        let group = unsafe {
+            vgg_dist_init(
+                host.as_ptr(),
+                r.port as c_int,
+                r.rank as c_int,
+                r.world as c_int,
+                r.agent_store as c_int,
+                timeout.as_millis() as i64,
+            )
+        };
+        if group.is_null() {
+            bail!(
+                "rank {} of {} could not join the process group at {}:{} within {:?}: {}",
+                r.rank,
+                r.world,
+                r.host,
+                r.port,
+                timeout,
+                last_error()
+            );
+        }
+        Ok(ProcessGroup {
+            group,
+            rank: r.rank,
+            world: r.world,
+        })
+    }
+
+    fn check(&self, what: &str, code: c_int) -> Result<()> {
+        if code != 0 {
+            bail!("{what} on rank {} of {}: {}", self.rank, self.world, last_error());
+        }
+        Ok(())
+    }
+
+    /// Sums `t` over the ranks, in place (contiguous, on the group's device).
+    pub fn all_reduce_sum(&self, t: &mut Tensor) -> Result<()> {
+        let code = unsafe { vgg_dist_all_reduce_sum(self.group, t.as_mut_ptr().cast()) };
+        self.check("all-reduce", code)
+    }
+
+    /// Gives every rank `root`'s `t`, in place.
+    pub fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()> {
+        let code = unsafe { vgg_dist_broadcast(self.group, t.as_mut_ptr().cast(), root as c_int) };
+        self.check("broadcast", code)
+    }
+
+    /// Waits until every rank is here.
+    pub fn barrier(&self) -> Result<()> {
+        let code = unsafe { vgg_dist_barrier(self.group) };
+        self.check("barrier", code)
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        unsafe { vgg_dist_free(self.group) }
+    }
+}

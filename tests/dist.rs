@@ -1,0 +1,160 @@
+//! The c10d process group (Gloo over loopback): collectives between ranks
+//! give the right values; a missing peer or a bad address is an error
+//! within the timeout, never a hang; the launchers' environments map to a
+//! rendezvous.
+use std::{collections::HashMap, time::Duration, time::Instant};
+use tch::Tensor;
+use vggtrain::dist::{ProcessGroup, Rendezvous};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn rendezvous(port: u16, rank: usize, world: usize) -> Rendezvous {
+    Rendezvous {
+        host: "127.0.0.1".into(),
+        port,
+        rank,
+        world,
+        local_rank: rank,
+        agent_store: false,
+    }
+}
+
+#[test]
+fn ranks_all_reduce_broadcast_and_meet() {
+    let port = free_port();
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            std::thread::spawn(move || {
+                let pg = ProcessGroup::join(&rendezvous(port, rank, 2), Duration::from_secs(30)).unwrap();
+                assert_eq!((pg.rank, pg.world), (rank, 2));
+                let mut sum = Tensor::from_slice(&[1.0f32 + rank as f32, 10.0 * rank as f32]);
+                pg.all_reduce_sum(&mut sum).unwrap();
+                let mut from_0 = Tensor::from_slice(&[rank as i64 + 7; 3]);
+                pg.broadcast(&mut from_0, 0).unwrap();
+                pg.barrier().unwrap();
+                (
+                    Vec::<f32>::try_from(&sum).unwrap(),
+                    Vec::<i64>::try_from(&from_0).unwrap(),
+                )
+            })
+        })
+        .collect();
+    for r in ranks {
+        let (sum, from_0) = r.join().unwrap();
+        assert_eq!(sum, [3.0, 10.0]);
+        assert_eq!(from_0, [7, 7, 7]);
+    }
+}
+
+#[test]
+fn a_missing_peer_or_a_bad_address_is_an_error_within_the_timeout() {
+    let timeout = Duration::from_secs(3);
+    // Rank 1 never comes.
+    let started = Instant::now();
+    let err = ProcessGroup::join(&rendezvous(free_port(), 0, 2), timeout)
+        .err()
+        .unwrap();
+    let msg = format!("{err:#}");
+    assert!(started.elapsed() < timeout * 4, "took {:?}", started.elapsed());
+    assert!(
+        msg.contains("rank 0 of 2 could not join") && msg.contains("127.0.0.1"),
+        "{msg}"
+    );
+    assert!(!msg.contains("frame #"), "a C++ backtrace in the message: {msg}");
+    // Nobody serves the store: a client waits for it no longer than the timeout.
+    let started = Instant::now();
+    let err = ProcessGroup::join(&rendezvous(free_port(), 1, 2), timeout)
+        .err()
+        .unwrap();
+    assert!(started.elapsed() < timeout * 4, "took {:?}", started.elapsed());
+    assert!(format!("{err:#}").contains("rank 1 of 2"), "{err:#}");
+    // An address that is no address.
+    let mut bad = rendezvous(free_port(), 0, 1);
+    bad.host = "no-such-host.invalid".into();
+    let started = Instant::now();
+    assert!(ProcessGroup::join(&bad, timeout).is_err());
+    assert!(started.elapsed() < timeout * 4, "took {:?}", started.elapsed());
+}
+
+fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    move |k| map.get(k).cloned()
+}
+
+#[test]
+fn torchrun_and_slurm_environments_give_the_rendezvous() {
+    assert_eq!(Rendezvous::from_env(env(&[])).unwrap(), None);
+    let torchrun = [
+        ("RANK", "3"),
+        ("WORLD_SIZE", "4"),
+        ("LOCAL_RANK", "1"),
+        ("MASTER_ADDR", "node0"),
+        ("MASTER_PORT", "29500"),
+        ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+    ];
+    let r = Rendezvous::from_env(env(&torchrun)).unwrap().unwrap();
+    assert_eq!(
+        r,
+        Rendezvous {
+            host: "node0".into(),
+            port: 29500,
+            rank: 3,
+            world: 4,
+            local_rank: 1,
+            agent_store: true
+        }
+    );
+    // SLURM's variables when RANK is absent.
+    let slurm = [
+        ("SLURM_PROCID", "5"),
+        ("SLURM_NTASKS", "8"),
+        ("SLURM_LOCALID", "1"),
+        ("MASTER_ADDR", "n1"),
+        ("MASTER_PORT", "1234"),
+    ];
+    let r = Rendezvous::from_env(env(&slurm)).unwrap().unwrap();
+    assert_eq!((r.rank, r.world, r.local_rank, r.agent_store), (5, 8, 1, false));
+    // What is missing or wrong is named.
+    for (vars, want) in [
+        (
+            vec![("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_PORT", "1")],
+            "MASTER_ADDR",
+        ),
+        (
+            vec![
+                ("RANK", "2"),
+                ("WORLD_SIZE", "2"),
+                ("MASTER_ADDR", "h"),
+                ("MASTER_PORT", "1"),
+            ],
+            "below the world size",
+        ),
+        (
+            vec![
+                ("RANK", "0"),
+                ("WORLD_SIZE", "2"),
+                ("MASTER_ADDR", "h"),
+                ("MASTER_PORT", "70000"),
+            ],
+            "MASTER_PORT=70000",
+        ),
+        (
+            vec![
+                ("RANK", "x"),
+                ("WORLD_SIZE", "2"),
+                ("MASTER_ADDR", "h"),
+                ("MASTER_PORT", "1"),
+            ],
+            "RANK=\"x\"",
+        ),
+    ] {
+        let err = format!("{:#}", Rendezvous::from_env(env(&vars)).unwrap_err());
+        assert!(err.contains(want), "{vars:?}: {err}");
+    }
+}
