@@ -43,6 +43,9 @@ pub enum CheckpointReason {
     Stop,
     /// The run's last checkpoint, when training ends between periodic ones.
     End,
+    /// Saved at once when a resume sets the lr (`--lr`), so that the change
+    /// outlives a kill before the next checkpoint.
+    Resume,
 }
 
 /// The run as it starts.

@@ -162,6 +162,43 @@ fn predict_matches_a_pytorch_reference_of_the_papers_views() {
     );
     let mean: Vec<f64> = s66.iter().zip(&s96).map(|(x, y)| (x + y) / 2.0).collect();
     close(&both, &mean, "two scales");
+
+    // The top K, by probability: as JSON and as a line an image.
+    let probs = predict(&[&a], &big, &["--scales", "66"]);
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&i, &j| probs[j].total_cmp(&probs[i]));
+    let run = |json: bool| {
+        let mut c = bin();
+        c.args(["predict", "--top", "2", "--scales", "66", "--checkpoint"])
+            .arg(&a);
+        if json {
+            c.arg("--json");
+        }
+        ok(c.arg(&big).arg(&wide).output().unwrap())
+    };
+    let lines: Vec<serde_json::Value> = run(true).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["image"], big.to_str().unwrap());
+    let top = lines[0]["top"].as_array().unwrap();
+    assert_eq!(top.len(), 2);
+    for (t, &i) in top.iter().zip(&order) {
+        assert_eq!(t["index"].as_u64(), Some(i as u64));
+        assert_eq!(t["class"], format!("class{i}"));
+        // (Two images are one batch: sums in another order.)
+        assert!((t["prob"].as_f64().unwrap() - probs[i]).abs() < 1e-6);
+    }
+    let plain = run(false);
+    let first = plain.lines().next().unwrap();
+    let want = format!(
+        "{}: class{} {:.2}%, class{} {:.2}%",
+        big.display(),
+        order[0],
+        100.0 * probs[order[0]],
+        order[1],
+        100.0 * probs[order[1]]
+    );
+    assert_eq!(first, want);
+    assert_eq!(plain.lines().count(), 2);
 }
 
 #[test]
@@ -248,6 +285,21 @@ fn eval_repeats_the_runs_validation_and_fuses_models() {
         (fused["views"]["models"].as_u64(), fused["views"]["per_image"].as_u64()),
         (Some(2), Some(4))
     );
+    // Models that prepare their input otherwise (here: another crop) are not fused.
+    let (c, _) = trained(
+        &dir.join("other"),
+        "c",
+        "A",
+        &["--set", "data.crop=64", "--set", "data.scale=[64,72]"],
+    );
+    let o = bin()
+        .args(["eval", "--checkpoint", a_s, "--checkpoint"])
+        .arg(&c)
+        .output()
+        .unwrap();
+    let t = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains("cannot be fused") && t.contains(c.to_str().unwrap()), "{t}");
     let paper = eval(&["--checkpoint", b_s, "--dense", "--multi-crop", "--scales", "paper"]);
     assert_eq!(paper["views"]["scales"], serde_json::json!([32, 36, 40]));
     // Each scale: dense (one view) and the 50 crops.

@@ -123,7 +123,7 @@ impl Worker {
             skipped: 0,
             bad: None,
         };
-        run.start(notes);
+        run.start(notes)?;
         run.train()
     }
 }
@@ -137,8 +137,9 @@ impl Run<'_> {
         self.emit(Event::Log { message });
     }
 
-    /// `started`, then what the preparation and the resume noted.
-    fn start(&mut self, mut notes: Vec<Event>) {
+    /// `started`, then what the preparation and the resume noted; an lr
+    /// the resume sets is saved at once.
+    fn start(&mut self, mut notes: Vec<Event>) -> Result<()> {
         let w = &self.w;
         let s = &w.state;
         let path = self.sink.run.path.clone();
@@ -187,7 +188,9 @@ impl Run<'_> {
             let old = self.w.state.schedule.lr;
             self.w.state.schedule.lr = lr;
             self.set_lr(old, lr, LrCause::Manual);
+            self.save(CheckpointReason::Resume, true)?;
         }
+        Ok(())
     }
 
     fn steps(&self) -> usize {

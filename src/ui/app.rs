@@ -442,6 +442,7 @@ impl App {
                     CheckpointReason::Best => "best",
                     CheckpointReason::Stop => "stop",
                     CheckpointReason::End => "end of training",
+                    CheckpointReason::Resume => "lr set on resume",
                 };
                 self.log(
                     LogKind::Checkpoint,

@@ -85,6 +85,21 @@ fn a_resume_applies_and_records_allowed_changes_and_refuses_the_others() {
         .iter()
         .filter(|e| e["event"] == "step")
         .all(|e| e["lr"].as_f64() == Some(0.005)));
+    // ... and saved at once, at the step resumed from: a kill before the
+    // next checkpoint does not lose it.
+    let saved = events
+        .iter()
+        .find(|e| e["event"] == "checkpoint-saved")
+        .expect("checkpoint-saved");
+    assert_eq!(saved["reason"], "resume", "{saved}");
+    let started = &events[0];
+    let at = started["start_epoch"].as_u64().unwrap() * started["steps_per_epoch"].as_u64().unwrap()
+        + started["start_step"].as_u64().unwrap();
+    let name = format!("ckpt-{at:010}.safetensors");
+    assert!(
+        saved["path"].as_str().unwrap().ends_with(&name),
+        "{saved} is not {name}"
+    );
     let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(
         cfg.contains("epochs = 3") && cfg.contains("patience = 4") && cfg.contains("lr = 0.01"),
