@@ -52,6 +52,16 @@ fn main() {
 }
 
 fn train(args: vggtrain::cli::TrainArgs) -> anyhow::Result<i32> {
+    // Launched as one of several ranks: each would train the whole run on
+    // its own, and they would race for its directory.
+    if let Some(r) = vggtrain::dist::Rendezvous::from_env(|k| std::env::var(k).ok())? {
+        anyhow::bail!(
+            "started as rank {} of {} (torchrun or SLURM), but data-parallel training is not built yet: \
+             launch one process",
+            r.rank,
+            r.world
+        );
+    }
     let layered = commands::layered(&args.config)?;
     // Flags and the environment, as opposed to the run's own config.toml.
     let explicit = layered

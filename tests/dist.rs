@@ -90,6 +90,9 @@ fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
 #[test]
 fn torchrun_and_slurm_environments_give_the_rendezvous() {
     assert_eq!(Rendezvous::from_env(env(&[])).unwrap(), None);
+    // One process alone: no group (SLURM sets no MASTER_ADDR for it).
+    let alone = [("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1")];
+    assert_eq!(Rendezvous::from_env(env(&alone)).unwrap(), None);
     let torchrun = [
         ("RANK", "3"),
         ("WORLD_SIZE", "4"),

@@ -55,7 +55,8 @@ impl Rendezvous {
     /// torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT and
     /// TORCHELASTIC_USE_AGENT_STORE, or, without RANK, SLURM's SLURM_PROCID,
     /// SLURM_NTASKS and SLURM_LOCALID (with MASTER_ADDR and MASTER_PORT).
-    /// None when no launcher started this process.
+    /// None when no launcher started this process, or it started one
+    /// process alone (a single-task SLURM job needs no MASTER_ADDR).
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Rendezvous>> {
         let (rank, world, local) = match get("RANK") {
             Some(_) => ("RANK", "WORLD_SIZE", "LOCAL_RANK"),
@@ -66,6 +67,9 @@ impl Rendezvous {
             let v = get(key).with_context(|| format!("{rank} is set but {key} is not"))?;
             v.trim().parse().with_context(|| format!("{key}={v:?}: not a number"))
         };
+        if number(world)? == 1 {
+            return Ok(None);
+        }
         let r = Rendezvous {
             rank: number(rank)?,
             world: number(world)?,

@@ -42,6 +42,30 @@ fn bad_input_is_a_clear_error_with_exit_2() {
             "{args:?}: want {want:?} in {t}"
         );
     }
+    // One of several ranks of a launcher: each would train the whole run.
+    let launched: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[
+                ("RANK", "1"),
+                ("WORLD_SIZE", "2"),
+                ("MASTER_ADDR", "127.0.0.1"),
+                ("MASTER_PORT", "29500"),
+            ],
+            "rank 1 of 2",
+        ),
+        (&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4")], "MASTER_ADDR"),
+    ];
+    for (vars, want) in launched {
+        let o = bin()
+            .args(["train", "--no-tui", "--runs-dir", r])
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap();
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{vars:?}: {t}");
+        assert!(t.contains(want), "{vars:?}: want {want:?} in {t}");
+    }
+    assert_eq!(std::fs::read_dir(r).unwrap().count(), 0, "a run directory was written");
 }
 
 /// Runs `args`; asserts exit 2 with `want` in the error, and that the runs

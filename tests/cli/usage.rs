@@ -34,7 +34,9 @@ fn headless_run_writes_a_complete_run_dir_and_exports_and_evaluates() {
         return;
     }
     let runs = tempfile::tempdir().unwrap();
-    let o = bin().args(tiny(runs.path(), "h", "2")).output().unwrap();
+    // Inside a single-task SLURM job (no MASTER_ADDR): one process, as ever.
+    let slurm = [("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1"), ("SLURM_LOCALID", "0")];
+    let o = bin().args(tiny(runs.path(), "h", "2")).envs(slurm).output().unwrap();
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     let dir = runs.path().join("h");
