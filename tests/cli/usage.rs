@@ -108,28 +108,14 @@ fn headless_run_writes_a_complete_run_dir_and_exports_and_evaluates() {
 
 #[test]
 fn bench_reports_every_measure_as_json() {
-    let o = run(&[
-        "bench",
-        "--model",
-        "A",
-        "--width",
-        "8",
-        "--input",
-        "32",
-        "--batch",
-        "4",
-        "--steps",
-        "2",
-        "--warmup",
-        "1",
-        "--folder",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/photos"),
-        "--scale",
-        "40",
-        "--device",
-        "cpu",
-        "--json",
-    ]);
+    // A narrow A at 32 px, two timed steps, on the data at `flag DIR`.
+    let bench = |flag: &str, dir: &str| {
+        let args = "bench --model A --width 8 --input 32 --batch 4 --steps 2 --warmup 1 --scale 40 --device cpu --json";
+        let mut a: Vec<&str> = args.split(' ').collect();
+        a.extend([flag, dir]);
+        run(&a)
+    };
+    let o = bench("--folder", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/photos"));
     assert!(o.status.success(), "{}", text(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let f = &r["folder"];
@@ -166,23 +152,8 @@ fn bench_reports_every_measure_as_json() {
 
     // The same photographs packed as tar shards, through `--shards`.
     let tmp = tempfile::tempdir().unwrap();
-    let shards = tmp.path().join("shards");
-    let photos = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/photos");
-    let packed = tmp.path().join("photos");
-    std::fs::create_dir_all(packed.join("val")).unwrap();
-    let copy = |from: &std::path::Path, to: &std::path::Path| {
-        for class in std::fs::read_dir(from).unwrap() {
-            let class = class.unwrap().path();
-            let dst = to.join(class.file_name().unwrap());
-            std::fs::create_dir_all(&dst).unwrap();
-            for f in std::fs::read_dir(&class).unwrap() {
-                let f = f.unwrap().path();
-                std::fs::copy(&f, dst.join(f.file_name().unwrap())).unwrap();
-            }
-        }
-    };
-    copy(&std::path::Path::new(photos).join("train"), &packed.join("train"));
-    copy(&std::path::Path::new(photos).join("train"), &packed.join("val"));
+    let (packed, shards) = (tmp.path().join("photos"), tmp.path().join("shards"));
+    common::photo_folder(&packed, [1, 1]);
     let o = run(&[
         "pack",
         "--data-dir",
@@ -191,28 +162,7 @@ fn bench_reports_every_measure_as_json() {
         shards.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = run(&[
-        "bench",
-        "--model",
-        "A",
-        "--width",
-        "8",
-        "--input",
-        "32",
-        "--batch",
-        "4",
-        "--steps",
-        "2",
-        "--warmup",
-        "1",
-        "--shards",
-        shards.to_str().unwrap(),
-        "--scale",
-        "40",
-        "--device",
-        "cpu",
-        "--json",
-    ]);
+    let o = bench("--shards", shards.to_str().unwrap());
     assert!(o.status.success(), "{}", text(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
