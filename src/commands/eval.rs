@@ -43,8 +43,7 @@ impl Loaded {
         };
         let vs = VarStore::new(device);
         let model = Vgg::new(&vs.root(), card.spec(), model::InitScheme::Kaiming).map_err(anyhow::Error::msg)?;
-        checkpoint::verify_weights(path)?;
-        model::load_weights(&vs, path)?;
+        model::copy_weights(&vs, &checkpoint::load_weights(path)?, path)?;
         model::vars_to_channels_last(&vs);
         let norm = Normalise::new(&card.mean, card.std.as_deref(), device);
         Ok(Loaded {

@@ -297,14 +297,20 @@ fn check_sum(st: &SafeTensors, meta: &HashMap<String, String>) -> Result<(), Str
     Ok(())
 }
 
-/// Checks a weights file vggtrain wrote (a checkpoint or an export) against
-/// its checksum; a file without one (older, or from elsewhere) passes.
-pub fn verify_weights(path: &Path) -> Result<()> {
+/// The weights of a file vggtrain wrote (a checkpoint or an export), read
+/// once and checked against its checksum (a file without one, older or from
+/// elsewhere, is taken as it is); a checkpoint's momentum buffers are left out.
+pub fn load_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
     let bytes = read(path)?;
     let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", path.display());
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(&e))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(&e))?;
-    check_sum(&st, &meta.metadata().clone().unwrap_or_default()).map_err(|e| bad(&e))
+    check_sum(&st, &meta.metadata().clone().unwrap_or_default()).map_err(|e| bad(&e))?;
+    st.tensors()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with(MOMENTUM))
+        .map(|(name, view)| Ok((name, Tensor::try_from(view).map_err(|e| bad(&e))?)))
+        .collect()
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
