@@ -21,7 +21,8 @@ fn c10d_shim(root: &Path) {
         );
     };
     let include = root.join("include");
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .file("src/dist/c10d.cpp")
         .include(&include)
@@ -30,8 +31,46 @@ fn c10d_shim(root: &Path) {
         .flag("-std=c++17")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .define("USE_C10D_GLOO", None)
-        .warnings(false)
-        .compile("vggtrain_c10d");
+        .warnings(false);
+    match nccl_includes(root) {
+        Some(dirs) => {
+            build.define("USE_C10D_NCCL", None).flag("-Wno-interference-size");
+            // c10::cuda::device_count, to make an NCCL group where a GPU is.
+            println!("cargo:rustc-link-lib=dylib=c10_cuda");
+            for d in dirs {
+                build.include(d);
+            }
+        }
+        None => println!(
+            "cargo:warning=the c10d shim is built without NCCL (Gloo only, CUDA tensors too): \
+             libtorch_cuda, the wheel's nvidia/ headers or .cuda-headers (scripts/setup.sh) are missing"
+        ),
+    }
+    build.compile("vggtrain_c10d");
+}
+
+/// The headers ProcessGroupNCCL.hpp needs, where libtorch has CUDA: the
+/// wheel's CUDA runtime and NCCL (its nvidia/ folder, beside torch/), and
+/// CUDA's CCCL and crt headers that the wheel lacks (.cuda-headers, which
+/// scripts/setup.sh installs). None when any is missing.
+fn nccl_includes(root: &Path) -> Option<Vec<std::path::PathBuf>> {
+    println!("cargo:rerun-if-changed=.cuda-headers");
+    // .libtorch is a link into the wheel's folder.
+    let root = root.canonicalize().ok()?;
+    let site = root.parent()?;
+    let extra = Path::new(".cuda-headers/nvidia/cu13/include").canonicalize().ok()?;
+    let dirs = vec![
+        site.join("nvidia/cu13/include"),
+        extra.clone(),
+        extra.join("cccl"),
+        site.join("nvidia/nccl/include"),
+    ];
+    let found = root.join("lib/libtorch_cuda.so").is_file()
+        && dirs[0].join("cuda_runtime_api.h").is_file()
+        && extra.join("crt/host_config.h").is_file()
+        && extra.join("cccl/nv/target").is_file()
+        && dirs[3].join("nccl.h").is_file();
+    found.then_some(dirs)
 }
 
 fn main() {

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Everything vggtrain needs on a fresh machine, each step skipped when done:
 #  1. PyTorch 2.11.0 (libtorch for tch 0.24) from PyPI into a cache folder
-#     outside the repo, linked as .libtorch (see .cargo/config.toml);
+#     outside the repo, linked as .libtorch (see .cargo/config.toml), and
+#     CUDA's CCCL and crt headers beside it (.cuda-headers), with which
+#     build.rs compiles the c10d shim's NCCL backend;
 #  2. the offline dataset: Debian's dataset-fashion-mnist; cmake and nasm,
 #     which the build of libjpeg-turbo (the turbojpeg crate) needs; and
 #     libgloo-dev, gloo's headers for the c10d shim (data parallelism);
@@ -51,6 +53,22 @@ fi
 grep -q "__version__ = '$TORCH_VERSION" "$TORCH_DIR/torch/version.py" \
   || die "$TORCH_DIR holds another PyTorch version: remove that folder and run again"
 ln -sfn "$TORCH_DIR/torch" .libtorch
+
+# CUDA's C++ headers that the wheel leaves out (CCCL, crt), for the c10d
+# shim's NCCL backend (build.rs compiles it where these are): 19 MB.
+CUDA_HEADERS="$CACHE/cuda-headers-13.0"
+if [ ! -f "$CUDA_HEADERS/.complete" ]; then
+  need_pip
+  say "installing CUDA 13.0's headers for NCCL into $CUDA_HEADERS"
+  rm -rf "$CUDA_HEADERS.partial"
+  "$PY" -m pip install --quiet --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
+    --no-deps --target "$CUDA_HEADERS.partial" "nvidia-cuda-cccl==13.0.85" "nvidia-cuda-crt==13.0.88" \
+    || die "pip could not install CUDA's headers (is PyPI reachable?)"
+  rm -rf "$CUDA_HEADERS"
+  mv "$CUDA_HEADERS.partial" "$CUDA_HEADERS"
+  touch "$CUDA_HEADERS/.complete"
+fi
+ln -sfn "$CUDA_HEADERS" .cuda-headers
 
 # The tests' Python reference, beside that PyTorch, without dependencies
 # (these are all it needs): torchvision for the test protocol, TensorBoard's

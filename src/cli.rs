@@ -192,6 +192,15 @@ pub struct TrainArgs {
     /// Continue a run from its newest complete checkpoint.
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
+    /// Data-parallel on this machine: start N ranks (one GPU each on CUDA;
+    /// on the CPU, the cores split between them). Under torchrun or SLURM,
+    /// leave it out: the launcher starts the ranks.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub nproc_per_node: Option<u16>,
+    /// Seconds a rank waits for the others (to meet, at a collective)
+    /// before it gives up with an error: a lost or hung rank ends the run.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub dist_timeout: u64,
 }
 
 /// The views of the paper's test protocol (§3.2, §4.2-§4.4).
@@ -293,4 +302,8 @@ pub struct BenchCli {
     /// One JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Data-parallel compute: N local ranks, each stepping on its share of
+    /// --batch with the gradients all-reduced (under torchrun, leave it out).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub nproc_per_node: Option<u16>,
 }

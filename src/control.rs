@@ -83,6 +83,14 @@ pub struct RunInfo {
     /// then every change.
     #[serde(default)]
     pub lr_history: Vec<LrMark>,
+    /// The ranks of a data-parallel run (1: one process); `batch_size`
+    /// and the images per second are the whole run's.
+    #[serde(default = "one_rank")]
+    pub world: usize,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 /// The lr as set at `global_step` (in epoch `epoch`, counting finished ones).
@@ -237,7 +245,7 @@ impl Event {
     pub fn summary(&self) -> Option<String> {
         Some(match self {
             Event::Started(i) => format!(
-                "run {} | {} ({:.1}M parameters) | {} ({} train, {} val, {} test, {} classes) | {} | batch {} | lr {:.1e}{}",
+                "run {} | {} ({:.1}M parameters) | {} ({} train, {} val, {} test, {} classes) | {}{} | batch {} | lr {:.1e}{}",
                 i.run_dir.display(),
                 i.model,
                 i.parameters as f64 / 1e6,
@@ -247,6 +255,10 @@ impl Event {
                 i.test_images,
                 i.classes.len(),
                 i.device,
+                match i.world {
+                    1 => String::new(),
+                    w => format!(" | {w} ranks"),
+                },
                 i.batch_size,
                 i.lr,
                 match &i.resumed_from {

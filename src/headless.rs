@@ -205,6 +205,11 @@ impl Preparing {
         Preparing(Some(spinner))
     }
 
+    /// Nothing shown (a rank that follows rank 0).
+    pub fn quiet() -> Preparing {
+        Preparing(None)
+    }
+
     pub fn tick(&self) {
         if let Some(s) = &self.0 {
             s.tick();
@@ -216,6 +221,35 @@ impl Preparing {
             s.finish_and_clear();
         }
     }
+}
+
+/// A rank that follows rank 0 (its face and run directory are rank 0's):
+/// quiet until the engine ends, but for a failure's message. A signal
+/// stops every rank (rank 0 saves); a second quits at once.
+pub fn follow(handle: EngineHandle, signals: StopSignals, rank: usize) -> i32 {
+    let mut code = EXIT_OK;
+    let mut stopping = false;
+    loop {
+        for (f, c) in [(&signals.int, EXIT_SIGINT), (&signals.term, EXIT_SIGTERM)] {
+            if f.swap(false, Ordering::SeqCst) {
+                if stopping {
+                    exit_now(code);
+                }
+                (stopping, code) = (true, c);
+                handle.send(Command::Stop { save: true });
+            }
+        }
+        match handle.events.recv_timeout(Duration::from_millis(100)) {
+            Ok(Event::Failed { message }) => {
+                eprintln!("rank {rank}: error: {message}");
+                code = EXIT_FAILED;
+            }
+            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    handle.join();
+    code
 }
 
 /// Runs until the engine finishes; returns the process exit code.

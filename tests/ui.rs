@@ -40,6 +40,7 @@ fn info(classes: &[String], epochs: usize) -> RunInfo {
         decays_used: 0,
         history: Vec::new(),
         lr_history: Vec::new(),
+        world: 1,
     }
 }
 
@@ -248,6 +249,29 @@ fn renders_a_run_at_80x24() {
     has(&s, "newer below");
     app.on_key(code(KeyCode::End));
     lacks(&render(&app, 80, 24), "newer below");
+}
+
+#[test]
+fn a_data_parallel_run_shows_its_ranks_and_their_throughput() {
+    let app = app_with(&[
+        Event::Started(RunInfo {
+            world: 2,
+            ..info(&fashion(), 10)
+        }),
+        Event::Step {
+            epoch: 1,
+            step: 5,
+            global_step: 5,
+            loss: 2.0,
+            lr: 1e-2,
+            images_per_sec: 949.0,
+        },
+    ]);
+    let s = render(&app, 120, 30);
+    has(&s, "cpu x2 × 2 ranks");
+    has(&s, "949 img/s (2 ranks)");
+    let alone = render(&app_with(&fixture()), 120, 30);
+    lacks(&alone, "ranks");
 }
 
 #[test]

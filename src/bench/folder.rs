@@ -5,7 +5,7 @@
 use super::rate;
 use crate::config::{Config, DatasetName};
 use crate::data::{augment::Augment, augment::Stats, folder, shards, shards::Member, Source};
-use crate::engine::{batches::Fetch, sgd::Sgd, train_step, Batches};
+use crate::engine::{self, batches::Fetch, sgd::Sgd, Batches};
 use crate::model::Vgg;
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -163,7 +163,7 @@ pub fn run(dir: &Path, shape: Shape, m: Model) -> Result<FolderReport> {
     let mut stream = batches.stream(&source, list);
     let mut failed = None;
     let e2e = rate(batch, warmup, steps, || match stream.next(&mut || false) {
-        Fetch::Batch(Ok(b)) => train_step(m.net, m.sgd, &batches, &aug.train(&b.x), &b.y, 1e-3).0,
+        Fetch::Batch(Ok(b)) => engine::step_alone(m.net, m.sgd, &batches, &aug.train(&b.x), &b.y),
         Fetch::Batch(Err(e)) => {
             failed.get_or_insert(e);
             Tensor::zeros([], (tch::Kind::Float, batches.device))

@@ -4,14 +4,16 @@
 //! as the engine runs them.
 use crate::config::{Config, DataConfig, Precision};
 use crate::data::{augment::Augment, augment::Stats};
-use crate::engine::{self, sgd::Sgd, train_step, Batches};
+use crate::engine::{self, sgd::Sgd, Batches};
 use crate::model::{self, Arch, Vgg};
 use anyhow::Result;
 use serde::Serialize;
 use std::{path::PathBuf, time::Instant};
 
 mod folder;
+mod parallel;
 pub use folder::FolderReport;
+pub use parallel::{run as parallel, ParallelReport};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 #[derive(Clone, Debug)]
@@ -91,7 +93,18 @@ fn gpu_mb() -> Option<f64> {
     })
 }
 
-pub fn run(a: &BenchArgs) -> Result<Report> {
+/// The network of a benchmark, on its device.
+struct Setup {
+    device: Device,
+    cfg: Config,
+    spec: model::ModelSpec,
+    _vs: VarStore,
+    net: Vgg,
+    sgd: Sgd,
+    batches: Batches,
+}
+
+fn setup(a: &BenchArgs) -> Result<Setup> {
     let device = engine::resolve_device(&a.device)?;
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
@@ -109,15 +122,36 @@ pub fn run(a: &BenchArgs) -> Result<Report> {
     if a.channels_last {
         model::vars_to_channels_last(&vs);
     }
-    let mut sgd = Sgd::new(&vs, 0.9, 5e-4, true);
+    let sgd = Sgd::new(&vs, 0.9, 5e-4, true);
     let batches = Batches::new(&cfg, a.input, device);
+    Ok(Setup {
+        device,
+        cfg,
+        spec,
+        _vs: vs,
+        net,
+        sgd,
+        batches,
+    })
+}
+
+pub fn run(a: &BenchArgs) -> Result<Report> {
+    let Setup {
+        device,
+        cfg,
+        spec,
+        net,
+        mut sgd,
+        batches,
+        ..
+    } = setup(a)?;
     let b = a.batch;
 
     // 1. Compute only: one batch already on the device.
     let x = Tensor::randn([b, 3, a.input, a.input], (Kind::Float, device));
     let y = Tensor::randint(10, [b], (Kind::Int64, device));
     let compute = rate(b, a.warmup, a.steps, || {
-        train_step(&net, &mut sgd, &batches, &x, &y, 1e-3).0
+        engine::step_alone(&net, &mut sgd, &batches, &x, &y)
     });
 
     // 2. Data only, in memory: u8 images on the device, batched augmentation.
@@ -143,7 +177,7 @@ pub fn run(a: &BenchArgs) -> Result<Report> {
     // 3. End to end: pipeline and step as the engine runs them.
     let e2e = rate(b, a.warmup, a.steps, || {
         let (x, y) = next();
-        train_step(&net, &mut sgd, &batches, &aug.train(&x), &y, 1e-3).0
+        engine::step_alone(&net, &mut sgd, &batches, &aug.train(&x), &y)
     });
     // 4. A JPEG folder: data only, then end to end.
     let folder = match &a.folder {

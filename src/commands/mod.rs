@@ -318,6 +318,27 @@ pub fn bench(a: &crate::cli::BenchCli) -> Result<()> {
         scale: a.scale,
         workers: a.workers,
     };
+    let timeout = std::time::Duration::from_secs(60);
+    let launch = a.nproc_per_node.filter(|&n| n > 1);
+    let rendezvous = crate::dist::rendezvous(launch.is_some())?;
+    if let Some(n) = launch {
+        let mut cfg = crate::config::Config::default();
+        cfg.train.device = a.device.clone();
+        crate::dist::check_batch(a.batch, n.into())?;
+        return match crate::dist::launch::run(n.into(), &cfg, timeout)? {
+            0 => Ok(()),
+            code => bail!("a rank of the benchmark exited with code {code}"),
+        };
+    }
+    if let Some((_, mut dp)) = rendezvous.map(|r| crate::dist::join(r, timeout)).transpose()? {
+        let report = crate::bench::parallel(&args, &mut dp)?;
+        if dp.rank() == 0 && a.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else if dp.rank() == 0 {
+            report.print();
+        }
+        return Ok(());
+    }
     let report = crate::bench::run(&args)?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);

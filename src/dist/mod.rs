@@ -5,7 +5,14 @@
 //! naming what failed; every call is bounded by the group's timeout.
 //!
 //! `Rendezvous::from_env` reads where the ranks meet from torchrun's
-//! environment (or SLURM's); `ProcessGroup::join` meets them there.
+//! environment (or SLURM's); `ProcessGroup::join` meets them there;
+//! `DataParallel` is what training asks of the group; `launch` starts the
+//! ranks of one machine itself (`train --nproc-per-node`).
+pub mod launch;
+mod parallel;
+
+pub use parallel::{Agreed, DataParallel, Proposal, Signal};
+
 use anyhow::{bail, Context, Result};
 use std::{
     ffi::{c_char, c_int, c_void, CStr, CString},
@@ -22,10 +29,14 @@ extern "C" {
         world: c_int,
         client_only: c_int,
         timeout_ms: i64,
+        prefix: *const c_char,
     ) -> *mut c_void;
+    fn vgg_dist_store_set(group: *mut c_void, key: *const c_char, value: *const c_char) -> c_int;
+    fn vgg_dist_store_get(group: *mut c_void, key: *const c_char, out: *mut c_char, cap: i64) -> c_int;
     fn vgg_dist_all_reduce_sum(group: *mut c_void, tensor: *mut c_void) -> c_int;
     fn vgg_dist_broadcast(group: *mut c_void, tensor: *mut c_void, root: c_int) -> c_int;
     fn vgg_dist_barrier(group: *mut c_void) -> c_int;
+    fn vgg_dist_cuda_backend(group: *mut c_void) -> *const c_char;
     fn vgg_dist_free(group: *mut c_void);
 }
 
@@ -48,6 +59,9 @@ pub struct Rendezvous {
     /// Another process (torchrun's agent) serves the store: rank 0 too
     /// connects as a client.
     pub agent_store: bool,
+    /// How many times torchrun's elastic agent restarted the ranks
+    /// (TORCHELASTIC_RESTART_COUNT): a restart resumes the run.
+    pub attempt: usize,
 }
 
 impl Rendezvous {
@@ -83,6 +97,10 @@ impl Rendezvous {
                     .with_context(|| format!("MASTER_PORT={p}: not a port"))?
             },
             agent_store: get("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v == "True"),
+            attempt: match get("TORCHELASTIC_RESTART_COUNT") {
+                Some(_) => number("TORCHELASTIC_RESTART_COUNT")?,
+                None => 0,
+            },
         };
         if r.world == 0 || r.rank >= r.world {
             bail!(
@@ -95,11 +113,41 @@ impl Rendezvous {
     }
 }
 
+/// Each of `world` ranks takes an equal share of the global batch.
+pub fn check_batch(batch: i64, world: usize) -> Result<()> {
+    if batch % world as i64 != 0 {
+        bail!("train.batch-size = {batch} does not split between {world} ranks: each takes batch/{world}, so make it a multiple of {world}");
+    }
+    Ok(())
+}
+
+/// The rendezvous of the launcher that started this process (None when
+/// it was started alone), and `launching`: this process was asked to start
+/// the ranks itself (`--nproc-per-node`), which a launcher's rank must not.
+pub fn rendezvous(launching: bool) -> Result<Option<Rendezvous>> {
+    let r = Rendezvous::from_env(|k| std::env::var(k).ok())?;
+    if let (Some(r), true) = (&r, launching) {
+        bail!(
+            "--nproc-per-node in rank {} of a launch that started {} ranks already (torchrun, SLURM): leave it out",
+            r.rank,
+            r.world
+        );
+    }
+    Ok(r)
+}
+
+/// Meets the other ranks at `r`.
+pub fn join(r: Rendezvous, timeout: Duration) -> Result<(Rendezvous, DataParallel)> {
+    let group = ProcessGroup::join(&r, timeout)?;
+    Ok((r, DataParallel::new(group)))
+}
+
 /// This process's membership of a c10d process group (Gloo).
 pub struct ProcessGroup {
     group: *mut c_void,
     pub rank: usize,
     pub world: usize,
+    timeout: Duration,
 }
 
 // The group is used by one thread at a time (the engine's); c10d's own
@@ -112,6 +160,8 @@ impl ProcessGroup {
     /// there within `timeout`, which also bounds every later collective.
     pub fn join(r: &Rendezvous, timeout: Duration) -> Result<ProcessGroup> {
         let host = CString::new(r.host.as_str()).context("MASTER_ADDR holds a NUL byte")?;
+        // Each restart meets under its own keys, as torch's env:// does.
+        let prefix = CString::new(format!("vggtrain/attempt_{}", r.attempt))?;
         let group = unsafe {
             vgg_dist_init(
                 host.as_ptr(),
@@ -120,6 +170,7 @@ impl ProcessGroup {
                 r.world as c_int,
                 r.agent_store as c_int,
                 timeout.as_millis() as i64,
+                prefix.as_ptr(),
             )
         };
         if group.is_null() {
@@ -137,12 +188,20 @@ impl ProcessGroup {
             group,
             rank: r.rank,
             world: r.world,
+            timeout,
         })
     }
 
     fn check(&self, what: &str, code: c_int) -> Result<()> {
         if code != 0 {
-            bail!("{what} on rank {} of {}: {}", self.rank, self.world, last_error());
+            bail!(
+                "{what} on rank {} of {} failed: another rank is gone, or did not answer within {}s \
+                 (--dist-timeout); resume the run from its newest checkpoint: {}",
+                self.rank,
+                self.world,
+                self.timeout.as_secs(),
+                last_error()
+            );
         }
         Ok(())
     }
@@ -157,6 +216,34 @@ impl ProcessGroup {
     pub fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()> {
         let code = unsafe { vgg_dist_broadcast(self.group, t.as_mut_ptr().cast(), root as c_int) };
         self.check("broadcast", code)
+    }
+
+    /// Sets `key` in the rendezvous store, where every later attempt of
+    /// the launch (an elastic restart) reads it while the store's server
+    /// lives (torchrun's agent).
+    pub fn store_set(&self, key: &str, value: &str) -> Result<()> {
+        let (key, value) = (CString::new(key)?, CString::new(value)?);
+        let code = unsafe { vgg_dist_store_set(self.group, key.as_ptr(), value.as_ptr()) };
+        self.check("setting a store key", code)
+    }
+
+    /// `key`'s value in the store, None when unset (without waiting).
+    pub fn store_get(&self, key: &str) -> Result<Option<String>> {
+        let key = CString::new(key)?;
+        let mut out = vec![0 as c_char; 4096];
+        let code = unsafe { vgg_dist_store_get(self.group, key.as_ptr(), out.as_mut_ptr(), out.len() as i64) };
+        if code < 0 {
+            self.check("reading a store key", code)?;
+        }
+        Ok((code == 1).then(|| unsafe { CStr::from_ptr(out.as_ptr()) }.to_string_lossy().into_owned()))
+    }
+
+    /// The backend that CUDA tensors go through: "nccl" where built and a
+    /// GPU is there, else "gloo" (CPU tensors always go through Gloo).
+    pub fn cuda_backend(&self) -> String {
+        unsafe { CStr::from_ptr(vgg_dist_cuda_backend(self.group)) }
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// Waits until every rank is here.

@@ -56,6 +56,13 @@ pub struct TrainState {
     /// The data trained on (classes and split sizes), to refuse other data.
     #[serde(default)]
     pub data: String,
+    /// The ranks the run trains on (1 before data parallelism).
+    #[serde(default = "one_rank")]
+    pub world: usize,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 fn legacy_format() -> u32 {

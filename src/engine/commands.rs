@@ -49,6 +49,32 @@ impl Commands {
         self.pending.iter().any(|c| matches!(c, Command::Stop { .. }))
     }
 
+    /// Whether every source closed (no face is left to send a command).
+    pub fn closed(&self) -> bool {
+        !self.face_open && !self.clients_open
+    }
+
+    /// Waits up to `timeout` for a command to arrive (it stays queued).
+    pub fn wait_for(&mut self, timeout: std::time::Duration) {
+        if !self.pending.is_empty() {
+            return;
+        }
+        let none = never();
+        let face = if self.face_open { &self.face } else { &none };
+        let clients = if self.clients_open { &self.clients } else { &none };
+        select! {
+            recv(face) -> c => match c {
+                Ok(c) => self.pending.push_back(c),
+                Err(_) => self.face_open = false,
+            },
+            recv(clients) -> c => match c {
+                Ok(c) => self.pending.push_back(c),
+                Err(_) => self.clients_open = false,
+            },
+            default(timeout) => {}
+        }
+    }
+
     /// Waits for the next command; None once no source is left.
     pub fn wait(&mut self) -> Option<Command> {
         if let Some(c) = self.pending.pop_front() {

@@ -23,6 +23,7 @@ use crate::attach::{self, server::Hub};
 use crate::config::Config;
 use crate::control::{Command, Event};
 use crate::data;
+use crate::dist::DataParallel;
 use crate::model::Vgg;
 use anyhow::{bail, Result};
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
@@ -63,6 +64,17 @@ pub fn resolve_device(s: &str) -> Result<Device> {
     }
 }
 
+/// A rank's device: its own GPU (LOCAL_RANK) where the configured one is
+/// `auto` on a machine with CUDA, or `cuda`; else as configured.
+pub fn rank_device(configured: &str, local_rank: usize) -> Result<String> {
+    Ok(match parse_device(configured)? {
+        None if !tch::Cuda::is_available() => configured.to_owned(),
+        None => format!("cuda:{local_rank}"),
+        Some(Device::Cuda(_)) if configured.trim() == "cuda" => format!("cuda:{local_rank}"),
+        Some(_) => configured.to_owned(),
+    })
+}
+
 /// CUDA device names from nvidia-smi (libtorch's C API has none).
 pub fn cuda_names() -> Vec<String> {
     std::process::Command::new("nvidia-smi")
@@ -84,18 +96,70 @@ pub fn describe_device(d: Device) -> String {
     }
 }
 
-/// One SGD step on an augmented batch: returns the summed loss and the
-/// number of correct predictions, on the device (no host sync).
-pub fn train_step(model: &Vgg, sgd: &mut Sgd, batches: &Batches, x: &Tensor, y: &Tensor, lr: f64) -> (Tensor, Tensor) {
-    let x = batches.layout(x.shallow_clone());
-    let logits = batches.autocast(|| model.forward_t(&x, true)).to_kind(Kind::Float);
-    let loss = logits.cross_entropy_for_logits(y);
+/// A data-parallel step's group, and the images of the whole batch (this
+/// rank's share and the others').
+pub struct Reduce<'a> {
+    pub dp: &'a mut DataParallel,
+    pub images: usize,
+}
+
+/// One SGD step on an augmented batch: forward, backward, (with `reduce`)
+/// the gradients summed over the ranks, the update. Returns the summed loss
+/// and the number of correct predictions (of the whole batch), on the
+/// device (no host sync).
+pub fn train_step(
+    model: &Vgg,
+    sgd: &mut Sgd,
+    batches: &Batches,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+    reduce: Option<Reduce>,
+) -> Result<(Tensor, Tensor)> {
+    let n = y.size()[0];
     sgd.zero_grad();
-    loss.backward();
+    let (loss, correct) = if n == 0 {
+        // A rank with no image in this batch: zero gradients, every one defined.
+        let params = sgd.params();
+        let nothing = params
+            .iter()
+            .fold(Tensor::zeros([], (Kind::Float, x.device())), |a, p| {
+                a + p.sum(Kind::Float)
+            });
+        (nothing * 0.0).backward();
+        let zero = Tensor::zeros([], (Kind::Double, x.device()));
+        (zero.shallow_clone(), zero)
+    } else {
+        let x = batches.layout(x.shallow_clone());
+        let logits = batches.autocast(|| model.forward_t(&x, true)).to_kind(Kind::Float);
+        let loss = logits.cross_entropy_for_logits(y);
+        match &reduce {
+            // This rank's mean, weighted by its share: the sum over the ranks
+            // is the gradient of the whole batch's mean.
+            Some(r) => (&loss * (n as f64 / r.images as f64)).backward(),
+            None => loss.backward(),
+        }
+        let correct = logits.argmax(-1, false).eq_tensor(y).sum(Kind::Double);
+        (loss.detach().to_kind(Kind::Double) * n as f64, correct)
+    };
+    let sums = match reduce {
+        Some(r) => {
+            let mut both = Tensor::stack(&[loss, correct], 0);
+            r.dp.reduce(&sgd.params(), &mut both)?;
+            both.unbind(0)
+        }
+        None => vec![loss, correct],
+    };
     sgd.step(lr);
-    let n = y.size()[0] as f64;
-    let correct = logits.argmax(-1, false).eq_tensor(y).sum(Kind::Double);
-    (loss.detach().to_kind(Kind::Double) * n, correct)
+    let [loss, correct]: [Tensor; 2] = sums.try_into().expect("two sums");
+    Ok((loss, correct))
+}
+
+/// A step of one process at lr 1e-3 (bench): its summed loss.
+pub fn step_alone(model: &Vgg, sgd: &mut Sgd, batches: &Batches, x: &Tensor, y: &Tensor) -> Tensor {
+    train_step(model, sgd, batches, x, y, 1e-3, None)
+        .expect("only a reduce over ranks can fail")
+        .0
 }
 
 /// What a face holds: commands in, events out.
@@ -169,6 +233,9 @@ pub struct Start {
     /// Keys set by flags or the environment: on a resume, `train.lr` among
     /// them sets the lr even when it equals the run's initial lr.
     pub explicit: BTreeSet<String>,
+    /// One rank of a data-parallel run: rank 0 owns the run directory and
+    /// the faces, the others follow it (see `Worker::run`).
+    pub parallel: Option<DataParallel>,
 }
 
 impl Start {
@@ -177,6 +244,7 @@ impl Start {
             config,
             resume: None,
             explicit: BTreeSet::new(),
+            parallel: None,
         }
     }
 
@@ -214,13 +282,15 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 /// change the run) is an error here, before anything of the run is written.
 /// `interrupted` is asked while the run is prepared: an exit code from it
 /// abandons the start (`Interrupted`).
-pub fn spawn(start: Start, interrupted: &dyn Fn() -> Option<i32>) -> Result<EngineHandle> {
+pub fn spawn(mut start: Start, interrupted: &dyn Fn() -> Option<i32>) -> Result<EngineHandle> {
     start.config.validate()?;
+    let parallel = start.parallel.take();
+    let leader = parallel.as_ref().is_none_or(|p| p.rank() == 0);
     match &start.resume {
         None => start.config.validate_inputs()?,
         // Nothing is written to a directory that is not a run, or that
         // another process trains (RunDir::open's lock settles a race).
-        Some(dir) if run_dir::is_live(dir) => return Err(run_dir::busy(dir)),
+        Some(dir) if leader && run_dir::is_live(dir) => return Err(run_dir::busy(dir)),
         Some(_) => {}
     }
     data::locate(&start.config.data)?;
@@ -236,8 +306,22 @@ pub fn spawn(start: Start, interrupted: &dyn Fn() -> Option<i32>) -> Result<Engi
         .name("vggtrain-engine".into())
         .spawn(move || engine_thread(start, ready_tx, go_rx, cmds))?;
     let ready = wait_ready(&ready_rx, interrupted)?;
-    let (run, mut notes) = open_run(&ready, resume.as_deref())?;
-    let hub = start_hub(&run, &ready.config, client_tx, &mut notes);
+    let (run, hub, notes) = match &parallel {
+        Some(p) if p.rank() > 0 => {
+            // Rank 0 names the run; this rank logs beside it.
+            let dir = PathBuf::from(p.share_text("")?);
+            (RunDir::follower(&dir, p.rank())?, None, Vec::new())
+        }
+        _ => {
+            let (run, mut notes) = open_run(&ready, resume.as_deref())?;
+            let hub = start_hub(&run, &ready.config, client_tx, &mut notes);
+            if let Some(p) = &parallel {
+                p.share_text(&run.path.to_string_lossy())?;
+                p.publish_run(&run.path)?;
+            }
+            (run, hub, notes)
+        }
+    };
     let run_dir = run.path.clone();
     let sink = Sink {
         tx: ev_tx,
@@ -246,7 +330,7 @@ pub fn spawn(start: Start, interrupted: &dyn Fn() -> Option<i32>) -> Result<Engi
         hub,
     };
     let notes = notes.into_iter().map(|message| Event::Log { message }).collect();
-    if go_tx.send((sink, notes)).is_err() {
+    if go_tx.send((sink, notes, parallel)).is_err() {
         bail!("the engine ended before training started");
     }
     Ok(EngineHandle {
@@ -264,7 +348,7 @@ pub fn spawn(start: Start, interrupted: &dyn Fn() -> Option<i32>) -> Result<Engi
 fn engine_thread(
     start: Start,
     ready: Sender<Result<Ready>>,
-    go: Receiver<(Sink, Vec<Event>)>,
+    go: Receiver<(Sink, Vec<Event>, Option<DataParallel>)>,
     cmds: commands::Commands,
 ) {
     let prepared = catch_unwind(AssertUnwindSafe(|| {
@@ -284,10 +368,10 @@ fn engine_thread(
             return;
         }
     };
-    let Ok((mut sink, notes)) = go.recv() else {
+    let Ok((mut sink, notes, parallel)) = go.recv() else {
         return;
     };
-    let outcome = catch_unwind(AssertUnwindSafe(|| worker.run(&mut sink, cmds, notes)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| worker.run(&mut sink, cmds, notes, parallel)));
     let failure = match outcome {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(format!("{e:#}")),

@@ -205,6 +205,7 @@ fn fresh_state(cfg: &Config, model: &Vgg, data: &Dataset) -> TrainState {
         config: cfg.to_toml(),
         model: format!("{} {:?}", model.spec.describe(), model.spec.parameter_shapes()),
         data: data_id(data),
+        world: 1,
     }
 }
 

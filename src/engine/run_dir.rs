@@ -15,8 +15,9 @@ use std::{
 pub struct RunDir {
     pub path: PathBuf,
     recorders: Recorders,
-    /// Holds the run's lock while this process trains it.
-    _lock: File,
+    /// Holds the run's lock while this process trains it (none on the
+    /// ranks that follow rank 0's lead).
+    lock: Option<File>,
 }
 
 /// "20261127-224901" (UTC).
@@ -85,12 +86,24 @@ impl RunDir {
         let dir = RunDir {
             path: path.to_owned(),
             recorders: record::open(path, cfg)?,
-            _lock: lock,
+            lock: Some(lock),
         };
         restrict(path);
         fs::write(dir.path.join("pid"), std::process::id().to_string())
             .with_context(|| format!("cannot write {}", dir.path.join("pid").display()))?;
         Ok(dir)
+    }
+
+    /// Rank `rank`'s view of the run that rank 0 trains: its events'
+    /// lines go to rank-N.log there (on another machine, into a directory
+    /// of that name), and it owns nothing else.
+    pub fn follower(path: &Path, rank: usize) -> Result<RunDir> {
+        fs::create_dir_all(path).with_context(|| format!("cannot create run directory {}", path.display()))?;
+        Ok(RunDir {
+            path: path.to_owned(),
+            recorders: record::rank_log(&path.join(format!("rank-{rank}.log")))?,
+            lock: None,
+        })
     }
 
     pub fn checkpoints(&self) -> PathBuf {
@@ -109,7 +122,9 @@ impl RunDir {
 
     /// The run is over: no longer live.
     pub fn close(&self) {
-        let _ = fs::remove_file(self.path.join("pid"));
+        if self.lock.is_some() {
+            let _ = fs::remove_file(self.path.join("pid"));
+        }
     }
 }
 

@@ -26,6 +26,11 @@ impl Sgd {
         }
     }
 
+    /// The parameters, sorted by name.
+    pub fn params(&self) -> Vec<Tensor> {
+        self.params.iter().map(|(_, p)| p.shallow_clone()).collect()
+    }
+
     pub fn zero_grad(&mut self) {
         for (_, p) in &mut self.params {
             p.zero_grad();

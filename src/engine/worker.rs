@@ -6,12 +6,13 @@ use super::checkpoint::{self, TrainState};
 use super::commands::Commands;
 use super::schedule::Decision;
 use super::sgd::Sgd;
-use super::{train_step, Sink};
+use super::{train_step, Reduce, Sink};
 use crate::config::Config;
 use crate::control::{
     CheckpointReason, Command, ConfigChange, EpochStats, EvalResult, Event, LrCause, LrMark, RunInfo,
 };
 use crate::data::{self, augment::Augment, augment::Normalise, Dataset};
+use crate::dist::DataParallel;
 use crate::eval::{self, Member, Protocol, Runner};
 use crate::model::{Card, Vgg};
 use anyhow::{bail, Result};
@@ -22,14 +23,26 @@ use std::{
 };
 use tch::{nn::VarStore, Kind, Tensor};
 
+mod ranks;
+
 /// Commands applied at one step boundary, at most.
 const COMMANDS_PER_STEP: usize = 16;
+
+/// While rank 0 is paused, it tells the other ranks this often (well
+/// within any collective's timeout).
+const HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// A step's randomness (dropout, augmentation) is a function of the seed,
 /// the epoch and the step: resuming needs no generator state.
 fn step_seed(seed: u64, epoch: usize, step: usize) -> i64 {
     let mut rng = data::SplitMix(seed ^ ((epoch as u64) << 32) ^ step as u64);
     (rng.next() >> 1) as i64
+}
+
+/// A rank's randomness of a step (its dropout masks, its images'
+/// augmentation): rank 0's is a single process's.
+fn rank_seed(step_seed: i64, rank: usize) -> i64 {
+    step_seed.wrapping_add(rank as i64) & i64::MAX
 }
 
 fn epoch_seed(seed: u64, epoch: usize) -> u64 {
@@ -62,6 +75,20 @@ impl Sums {
 enum Flow {
     Continue,
     Stop { save: bool },
+}
+
+/// What a step boundary decided (with the other ranks, in a data-parallel
+/// run).
+enum Boundary {
+    /// Train the step, on a batch of `images` in all.
+    Go {
+        images: usize,
+    },
+    /// Rank 0 is paused: poll again, keeping this rank's batch.
+    Wait,
+    Stop {
+        save: bool,
+    },
 }
 
 /// Everything the loop needs, built by `prepare` before the run directory
@@ -104,10 +131,16 @@ struct Run<'a> {
     /// Undecodable training images skipped this epoch, and the first's error.
     skipped: usize,
     bad: Option<String>,
+    /// The other ranks of a data-parallel run.
+    dp: Option<DataParallel>,
 }
 
 impl Worker {
-    pub fn run(self, sink: &mut Sink, cmds: Commands, notes: Vec<Event>) -> Result<()> {
+    /// Trains the run; with `dp`, as one of its ranks: rank 0 owns the run
+    /// directory, the checkpoints and the faces, and its faces' commands
+    /// reach the others at a step boundary; every rank takes its share of
+    /// each batch and of the evaluations.
+    pub fn run(self, sink: &mut Sink, cmds: Commands, mut notes: Vec<Event>, dp: Option<DataParallel>) -> Result<()> {
         let device = self.batches.device;
         let last_good = self.resumed_from.clone();
         let mut run = Run {
@@ -122,7 +155,9 @@ impl Worker {
             sums: Sums::new(device),
             skipped: 0,
             bad: None,
+            dp,
         };
+        run.join_ranks(&mut notes)?;
         run.start(notes)?;
         run.train()
     }
@@ -164,6 +199,7 @@ impl Run<'_> {
             resumed_from: w.resumed_from.clone(),
             decays_used: s.schedule.decays_used,
             history: s.history.clone(),
+            world: self.dp.as_ref().map_or(1, DataParallel::world),
             lr_history: s
                 .lr_timeline
                 .iter()
@@ -247,6 +283,9 @@ impl Run<'_> {
     /// (stop, end), and is a warning otherwise.
     fn save(&mut self, reason: CheckpointReason, must: bool) -> Result<()> {
         self.sums.flush(&mut self.w.state);
+        if !self.leader() {
+            return Ok(());
+        }
         self.check_finite()?;
         let dir = self.sink.run.checkpoints();
         let step = self.w.state.global_step;
@@ -335,16 +374,25 @@ impl Run<'_> {
         Ok(Flow::Continue)
     }
 
-    /// The commands waiting at a step boundary (all of them while paused).
-    /// A dropped command channel (no face left) never stops training.
+    /// The commands waiting at a step boundary (all of them while paused,
+    /// but for a data-parallel run, whose boundary waits while paused). A
+    /// dropped command channel (no face left) never stops training. A rank
+    /// that follows takes only a stop.
     fn poll(&mut self) -> Result<Flow> {
+        if !self.leader() {
+            return Ok(match self.cmds.stop_requested() {
+                true => Flow::Stop { save: true },
+                false => Flow::Continue,
+            });
+        }
+        let blocking = self.dp.is_none();
         let (mut applied, mut saved) = (0, false);
         loop {
             // A flood of commands cannot hold training up.
             if !self.paused && applied == COMMANDS_PER_STEP {
                 return Ok(Flow::Continue);
             }
-            let next = if self.paused {
+            let next = if self.paused && blocking {
                 let next = self.cmds.wait();
                 if next.is_none() {
                     // Nobody can resume us: carry on.
@@ -365,7 +413,7 @@ impl Run<'_> {
                         return Ok(Flow::Stop { save });
                     }
                 }
-                None if !self.paused => return Ok(Flow::Continue),
+                None if !self.paused || !blocking => return Ok(Flow::Continue),
                 None => {}
             }
         }
@@ -395,7 +443,9 @@ impl Run<'_> {
     }
 
     /// Evaluates the validation (or test) split, one centre crop at the
-    /// test scale; None when a stop asked.
+    /// test scale; None when a stop asked. Ranks each take their shard and
+    /// sum the counts; they finish the pass (a stop waits for the next
+    /// step boundary).
     fn evaluate(&mut self, test: bool) -> Result<Option<EvalResult>> {
         let w = &self.w;
         let source = if test { &w.data.test } else { &w.data.val };
@@ -408,14 +458,19 @@ impl Run<'_> {
             batches: &w.batches,
             chunk: w.cfg.train.batch_size as usize,
         };
-        eval::evaluate(
-            &[member],
-            source,
-            &Protocol::single(w.card.test_scale),
-            &run,
-            &mut || cmds.stop_requested(),
-            &mut |_| {},
-        )
+        let (images, mut stop): (Vec<usize>, Box<dyn FnMut() -> bool>) = match &self.dp {
+            Some(dp) => (dp.shard(source.len()), Box::new(|| false)),
+            None => ((0..source.len()).collect(), Box::new(|| cmds.stop_requested())),
+        };
+        let protocol = Protocol::single(w.card.test_scale);
+        let Some(mut metrics) = eval::measure(&[member], source, &images, &protocol, &run, &mut stop, &mut |_| {})?
+        else {
+            return Ok(None);
+        };
+        if let Some(dp) = &self.dp {
+            metrics.sum_with(&mut |t| dp.sum(t))?;
+        }
+        metrics.finish().map(Some)
     }
 
     fn train(&mut self) -> Result<()> {
@@ -510,10 +565,15 @@ impl Run<'_> {
         let steps = self.steps();
         let epoch = self.w.state.epoch;
         let order = self.w.data.train.order(epoch_seed(seed, epoch));
+        let rank = self.dp.as_ref().map_or(0, DataParallel::rank);
         let list = (self.w.state.step..steps)
             .map(|s| {
-                let idx = order[s * batch..((s + 1) * batch).min(n)].to_vec();
-                (idx, step_seed(seed, epoch, s) as u64)
+                let batch = &order[s * batch..((s + 1) * batch).min(n)];
+                let idx = match &self.dp {
+                    Some(dp) => dp.share(batch),
+                    None => batch.to_vec(),
+                };
+                (idx, rank_seed(step_seed(seed, epoch, s), rank) as u64)
             })
             .collect();
         let mut stream = self.w.batches.stream(&self.w.data.train, list);
@@ -521,38 +581,56 @@ impl Run<'_> {
         self.sums = Sums::new(dev);
         let (mut window_loss, mut window_n) = (Tensor::zeros([], (Kind::Double, dev)), 0usize);
         let mut last_event: Option<(Instant, u64)> = None;
+        // This rank's batch of the step, held while rank 0 is paused.
+        let mut held = None;
         while self.w.state.step < steps {
-            if let Flow::Stop { save } = self.poll()? {
-                self.stop(save)?;
-                return Ok(false);
-            }
+            let flow = self.poll()?;
             let step = self.w.state.step;
-            tch::manual_seed(step_seed(seed, epoch, step));
-            let cmds = &mut self.cmds;
-            let b = match stream.next(&mut || cmds.stop_requested()) {
-                Fetch::Batch(b) => b?,
-                // The poll at the top of the loop takes the stop.
-                Fetch::Stopped => continue,
-                Fetch::Done => bail!("the training data ended before step {} of {steps}", step + 1),
+            // Rank 0 paused in a data-parallel run: the ranks wait together.
+            let waiting = matches!(flow, Flow::Continue) && self.paused && self.leader();
+            if matches!(flow, Flow::Continue) && !waiting && held.is_none() {
+                let cmds = &mut self.cmds;
+                held = match stream.next(&mut || cmds.stop_requested()) {
+                    Fetch::Batch(b) => Some(b?),
+                    // The poll at the top of the loop takes the stop.
+                    Fetch::Stopped => continue,
+                    Fetch::Done => bail!("the training data ended before step {} of {steps}", step + 1),
+                };
+            }
+            let local = held.as_ref().map_or(0, |b: &super::batches::Batch| b.len());
+            let images = match self.boundary(flow, waiting, local)? {
+                Boundary::Stop { save } => {
+                    self.stop(save)?;
+                    return Ok(false);
+                }
+                Boundary::Wait => continue,
+                Boundary::Go { images } => images,
             };
+            let b = held.take().expect("a batch unless stopping or waiting");
+            tch::manual_seed(rank_seed(step_seed(seed, epoch, step), rank));
             self.skipped += b.skipped;
             if self.bad.is_none() {
                 self.bad = b.bad.clone();
             }
             self.w.state.step += 1;
             self.w.state.global_step += 1;
-            if b.is_empty() {
+            if images == 0 {
                 // Every image of the batch was undecodable: nothing to learn.
                 continue;
             }
             let w = &mut self.w;
-            let x = w.train_aug.train(&b.x);
-            let (loss, correct) = train_step(&w.model, &mut w.sgd, &w.batches, &x, &b.y, w.state.schedule.lr);
+            let x = if b.is_empty() {
+                b.x.shallow_clone()
+            } else {
+                w.train_aug.train(&b.x)
+            };
+            let reduce = self.dp.as_mut().map(|dp| Reduce { dp, images });
+            let (loss, correct) = train_step(&w.model, &mut w.sgd, &w.batches, &x, &b.y, w.state.schedule.lr, reduce)?;
             self.sums.loss += &loss;
             self.sums.correct += correct;
             window_loss += &loss;
-            window_n += b.len();
-            self.w.state.seen += b.len() as f64;
+            window_n += images;
+            self.w.state.seen += images as f64;
             // The epoch's last step always reports, so every curve reaches it.
             let last = self.w.state.step == steps;
             if last || last_event.is_none_or(|(t, _)| t.elapsed() >= throttle) {

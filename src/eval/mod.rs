@@ -182,6 +182,30 @@ impl Metrics {
         self.top5 += top.eq_tensor(&labels.unsqueeze(1)).any_dim(1, false).sum(Kind::Double);
     }
 
+    /// Adds the other ranks' counts to these (`sum`: an all-reduce).
+    pub fn sum_with(&mut self, sum: &mut dyn FnMut(&mut Tensor) -> Result<()>) -> Result<()> {
+        let device = self.confusion.device();
+        let cpu = tch::Device::Cpu;
+        let mut counts = Tensor::stack(
+            &[
+                self.loss.to_device(cpu),
+                self.top5.to_device(cpu),
+                Tensor::from(self.images as f64),
+                Tensor::from(self.skipped as f64),
+            ],
+            0,
+        );
+        sum(&mut counts)?;
+        let mut confusion = self.confusion.to_device(cpu);
+        sum(&mut confusion)?;
+        let v = Vec::<f64>::try_from(&counts)?;
+        self.loss = Tensor::from(v[0]).to_device(device);
+        self.top5 = Tensor::from(v[1]).to_device(device);
+        (self.images, self.skipped) = (v[2] as usize, v[3] as usize);
+        self.confusion = confusion.to_device(device);
+        Ok(())
+    }
+
     pub fn finish(self) -> Result<EvalResult> {
         let k = self.k as usize;
         let confusion: Vec<i64> = Vec::try_from(self.confusion.to_device(tch::Device::Cpu))?;
@@ -226,11 +250,28 @@ pub fn evaluate(
     stop: &mut dyn FnMut() -> bool,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Option<EvalResult>> {
+    let all: Vec<usize> = (0..source.len()).collect();
+    match measure(members, source, &all, protocol, run, stop, progress)? {
+        Some(m) => m.finish().map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The counts of `images` of `source` (a shard of a data-parallel run's
+/// evaluation: `Metrics::sum_with` adds the others'), as `evaluate`.
+pub fn measure(
+    members: &[Member],
+    source: &Source,
+    images: &[usize],
+    protocol: &Protocol,
+    run: &Runner,
+    stop: &mut dyn FnMut() -> bool,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Option<Metrics>> {
     let classes = members[0].model.spec.classes;
     // Images a batch: at most `chunk` views of each member in flight.
     let per_batch = (run.chunk / protocol.views_per_image().max(1)).clamp(1, run.chunk);
-    let all: Vec<usize> = (0..source.len()).collect();
-    let list = all.chunks(per_batch).map(<[usize]>::to_vec).collect();
+    let list = images.chunks(per_batch).map(<[usize]>::to_vec).collect();
     let mut stream = run.batches.scaled(source, list, &protocol.scales);
     let mut metrics = Metrics::new(classes, run.batches.device);
     loop {
@@ -239,7 +280,7 @@ pub fn evaluate(
         }
         let batch = match stream.next(stop) {
             Fetch::Batch(b) => b?,
-            Fetch::Done => return metrics.finish().map(Some),
+            Fetch::Done => return Ok(Some(metrics)),
             Fetch::Stopped => return Ok(None),
         };
         metrics.skipped += batch.skipped;

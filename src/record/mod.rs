@@ -52,6 +52,11 @@ pub fn open(run: &Path, cfg: &Config) -> Result<Recorders> {
     Ok(Recorders(all))
 }
 
+/// A follower rank's recorder: train.log's lines, in its own file.
+pub fn rank_log(path: &Path) -> Result<Recorders> {
+    Ok(Recorders(vec![Box::new(Log(append(path)?))]))
+}
+
 fn append(path: &Path) -> Result<File> {
     OpenOptions::new()
         .create(true)

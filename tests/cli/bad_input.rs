@@ -42,22 +42,35 @@ fn bad_input_is_a_clear_error_with_exit_2() {
             "{args:?}: want {want:?} in {t}"
         );
     }
-    // One of several ranks of a launcher: each would train the whole run.
-    let launched: &[(&[(&str, &str)], &str)] = &[
-        (
-            &[
-                ("RANK", "1"),
-                ("WORLD_SIZE", "2"),
-                ("MASTER_ADDR", "127.0.0.1"),
-                ("MASTER_PORT", "29500"),
-            ],
-            "rank 1 of 2",
-        ),
-        (&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4")], "MASTER_ADDR"),
+    // A launcher's rank whose peers never come; a launch inside a launch; a
+    // SLURM job of several tasks without MASTER_ADDR; a batch the ranks
+    // cannot share; no time to wait.
+    let rank1 = [
+        ("RANK", "1"),
+        ("WORLD_SIZE", "2"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "9"),
     ];
-    for (vars, want) in launched {
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let launched: &[(Env, &[&str], &str)] = &[
+        (
+            &rank1,
+            &["--dist-timeout", "2"],
+            "rank 1 of 2 could not join the process group at 127.0.0.1:9",
+        ),
+        (&rank1, &["--nproc-per-node", "2"], "leave it out"),
+        (&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4")], &[], "MASTER_ADDR"),
+        (
+            &[],
+            &["--nproc-per-node", "2", "--batch-size", "7"],
+            "batch-size = 7 does not split between 2 ranks",
+        ),
+        (&[], &["--dist-timeout", "0"], "--dist-timeout"),
+    ];
+    for (vars, flags, want) in launched {
         let o = bin()
             .args(["train", "--no-tui", "--runs-dir", r])
+            .args(flags.iter())
             .envs(vars.iter().copied())
             .output()
             .unwrap();

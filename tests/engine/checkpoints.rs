@@ -22,6 +22,7 @@ fn small_state(step: usize) -> checkpoint::TrainState {
         config: String::new(),
         model: "m".into(),
         data: String::new(),
+        world: 1,
     }
 }
 

@@ -295,6 +295,7 @@ fn a_half_written_checkpoint_is_never_taken_for_one() {
         config: String::new(),
         model: "m".into(),
         data: String::new(),
+        world: 1,
     };
     let old = ckpts.join(checkpoint::periodic_name(1));
     checkpoint::save(&old, &w, &[], &state_of(1), &small_card()).unwrap();

@@ -55,7 +55,11 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
             first.push(Span::styled(i.name.clone(), theme.bold()));
             first.push(Span::raw(SEP));
             first.push(Span::styled(i.model.clone(), theme.accent()));
-            first.push(Span::raw(format!("{SEP}{dataset}{SEP}{}", i.device)));
+            let ranks = match i.world {
+                1 => String::new(),
+                w => format!(" × {w} ranks"),
+            };
+            first.push(Span::raw(format!("{SEP}{dataset}{SEP}{}{ranks}", i.device)));
         }
         None => first.push(Span::styled(" · loading the data and building the model…", theme.dim())),
     }
@@ -98,10 +102,11 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
             _ => "…".to_owned(),
         }
     };
-    let ips = if app.images_per_sec > 0.0 {
-        format!("{:.0} img/s", app.images_per_sec)
-    } else {
-        "— img/s".to_owned()
+    let ips = match (app.images_per_sec > 0.0, i.world) {
+        (true, 1) => format!("{:.0} img/s", app.images_per_sec),
+        // The whole batch's: every rank's images.
+        (true, w) => format!("{:.0} img/s ({w} ranks)", app.images_per_sec),
+        (false, _) => "— img/s".to_owned(),
     };
     let mut third = vec![
         Span::raw(ips),

@@ -2,17 +2,10 @@
 //! give the right values; a missing peer or a bad address is an error
 //! within the timeout, never a hang; the launchers' environments map to a
 //! rendezvous.
+use super::free_port;
 use std::{collections::HashMap, time::Duration, time::Instant};
 use tch::Tensor;
 use vggtrain::dist::{ProcessGroup, Rendezvous};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn rendezvous(port: u16, rank: usize, world: usize) -> Rendezvous {
     Rendezvous {
@@ -22,6 +15,7 @@ fn rendezvous(port: u16, rank: usize, world: usize) -> Rendezvous {
         world,
         local_rank: rank,
         agent_store: false,
+        attempt: 0,
     }
 }
 
@@ -37,18 +31,28 @@ fn ranks_all_reduce_broadcast_and_meet() {
                 pg.all_reduce_sum(&mut sum).unwrap();
                 let mut from_0 = Tensor::from_slice(&[rank as i64 + 7; 3]);
                 pg.broadcast(&mut from_0, 0).unwrap();
+                if rank == 0 {
+                    pg.store_set("run", "/runs/a").unwrap();
+                }
                 pg.barrier().unwrap();
+                let stored = (pg.store_get("run").unwrap(), pg.store_get("unset").unwrap());
                 (
                     Vec::<f32>::try_from(&sum).unwrap(),
                     Vec::<i64>::try_from(&from_0).unwrap(),
+                    stored,
                 )
             })
         })
         .collect();
     for r in ranks {
-        let (sum, from_0) = r.join().unwrap();
+        let (sum, from_0, stored) = r.join().unwrap();
         assert_eq!(sum, [3.0, 10.0]);
         assert_eq!(from_0, [7, 7, 7]);
+        assert_eq!(
+            stored,
+            (Some("/runs/a".to_owned()), None),
+            "rank 0's key, for every rank"
+        );
     }
 }
 
@@ -100,6 +104,7 @@ fn torchrun_and_slurm_environments_give_the_rendezvous() {
         ("MASTER_ADDR", "node0"),
         ("MASTER_PORT", "29500"),
         ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+        ("TORCHELASTIC_RESTART_COUNT", "2"),
     ];
     let r = Rendezvous::from_env(env(&torchrun)).unwrap().unwrap();
     assert_eq!(
@@ -110,7 +115,8 @@ fn torchrun_and_slurm_environments_give_the_rendezvous() {
             rank: 3,
             world: 4,
             local_rank: 1,
-            agent_store: true
+            agent_store: true,
+            attempt: 2,
         }
     );
     // SLURM's variables when RANK is absent.
@@ -122,7 +128,10 @@ fn torchrun_and_slurm_environments_give_the_rendezvous() {
         ("MASTER_PORT", "1234"),
     ];
     let r = Rendezvous::from_env(env(&slurm)).unwrap().unwrap();
-    assert_eq!((r.rank, r.world, r.local_rank, r.agent_store), (5, 8, 1, false));
+    assert_eq!(
+        (r.rank, r.world, r.local_rank, r.agent_store, r.attempt),
+        (5, 8, 1, false, 0)
+    );
     // What is missing or wrong is named.
     for (vars, want) in [
         (

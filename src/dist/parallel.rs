@@ -1,0 +1,286 @@
+//! Data parallelism over a process group, as the training loop asks for it:
+//! each rank takes its share of every global batch (`share`) and of the
+//! evaluation splits (`shard`); the ranks start from rank 0's weights
+//! (`broadcast`), sum their gradients before every update (`reduce`) and
+//! agree at every step boundary on what rank 0's faces asked for and on a
+//! stop (`agree`). A single-process run has no `DataParallel` and pays
+//! nothing.
+use super::ProcessGroup;
+use anyhow::{bail, Result};
+use std::time::{Duration, Instant};
+use tch::{Kind, Tensor};
+
+/// Gradients (and weights) travel in flat buckets of at most this many
+/// bytes, as DDP's default.
+const BUCKET_BYTES: i64 = 25 << 20;
+
+/// The rendezvous store's key for the run's directory: an elastic restart
+/// resumes the run it names.
+const RUN_KEY: &str = "vggtrain/run";
+
+/// What rank 0 says at a step boundary; the others only ever say `Go` or
+/// `Stop` (a signal or their face asked).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Signal {
+    Go,
+    /// Rank 0 is paused: the others wait, and ask again.
+    Paused,
+    Stop {
+        save: bool,
+    },
+}
+
+/// What one rank brings to a step boundary. Only rank 0's schedule counts.
+#[derive(Clone, Copy, Debug)]
+pub struct Proposal {
+    pub lr: f64,
+    pub decays_used: u32,
+    pub since_best: u32,
+    pub signal: Signal,
+    /// Images of this rank's share of the step's batch.
+    pub images: usize,
+}
+
+/// What the ranks agreed on: rank 0's schedule and signal (a stop when any
+/// rank asked for one), and the images of the whole batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Agreed {
+    pub lr: f64,
+    pub decays_used: u32,
+    pub since_best: u32,
+    pub signal: Signal,
+    pub images: usize,
+}
+
+pub struct DataParallel {
+    group: ProcessGroup,
+    /// Time spent summing gradients, since the start.
+    pub reduce_time: Duration,
+}
+
+impl DataParallel {
+    pub fn new(group: ProcessGroup) -> DataParallel {
+        DataParallel {
+            group,
+            reduce_time: Duration::ZERO,
+        }
+    }
+
+    pub fn rank(&self) -> usize {
+        self.group.rank
+    }
+
+    pub fn world(&self) -> usize {
+        self.group.world
+    }
+
+    /// "2 ranks over c10d (gloo; CUDA tensors over nccl)".
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ranks over c10d (gloo; CUDA tensors over {})",
+            self.world(),
+            self.group.cuda_backend()
+        )
+    }
+
+    /// This rank's part of a global batch: the rank-th of `world`
+    /// near-equal consecutive parts (all of them, in order, are the batch).
+    pub fn share<T: Clone>(&self, batch: &[T]) -> Vec<T> {
+        let (r, w, n) = (self.rank(), self.world(), batch.len());
+        batch[r * n / w..(r + 1) * n / w].to_vec()
+    }
+
+    /// This rank's images of an evaluation split of `n`: every world-th,
+    /// from its rank.
+    pub fn shard(&self, n: usize) -> Vec<usize> {
+        (self.rank()..n).step_by(self.world()).collect()
+    }
+
+    /// Gives every rank rank 0's values of `tensors`, in place.
+    pub fn broadcast(&self, tensors: &[Tensor]) -> Result<()> {
+        tch::no_grad(|| {
+            for bucket in buckets(tensors) {
+                let mut flat = flatten(bucket);
+                self.group.broadcast(&mut flat, 0)?;
+                unflatten(&flat, bucket);
+            }
+            Ok(())
+        })
+    }
+
+    /// Sums the gradients of `params` over the ranks, and `stats` with
+    /// them, in place.
+    pub fn reduce(&mut self, params: &[Tensor], stats: &mut Tensor) -> Result<()> {
+        let started = Instant::now();
+        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
+        if grads.iter().any(|g| !g.defined()) {
+            bail!("a parameter has no gradient to reduce");
+        }
+        tch::no_grad(|| -> Result<()> {
+            for bucket in buckets(&grads) {
+                let mut flat = flatten(bucket);
+                self.group.all_reduce_sum(&mut flat)?;
+                unflatten(&flat, bucket);
+            }
+            self.group.all_reduce_sum(stats)
+        })?;
+        self.reduce_time += started.elapsed();
+        Ok(())
+    }
+
+    /// Sums `t` over the ranks, in place (evaluation counts).
+    pub fn sum(&self, t: &mut Tensor) -> Result<()> {
+        self.group.all_reduce_sum(t)
+    }
+
+    /// The step boundary: every rank brings its proposal, all leave with
+    /// the same agreement.
+    pub fn agree(&self, p: &Proposal) -> Result<Agreed> {
+        let leader = self.rank() == 0;
+        let (code, stop) = match p.signal {
+            Signal::Go => (0.0, 0.0),
+            Signal::Paused => (1.0, 0.0),
+            Signal::Stop { save: false } => (2.0, 1.0),
+            Signal::Stop { save: true } => (3.0, 1.0),
+        };
+        let mine = if leader {
+            [
+                p.lr,
+                p.decays_used as f64,
+                p.since_best as f64,
+                code,
+                stop,
+                p.images as f64,
+            ]
+        } else {
+            [0.0, 0.0, 0.0, 0.0, stop, p.images as f64]
+        };
+        let mut t = Tensor::from_slice(&mine);
+        self.group.all_reduce_sum(&mut t)?;
+        let v = Vec::<f64>::try_from(&t)?;
+        let signal = match v[3] as u32 {
+            2 => Signal::Stop { save: false },
+            3 => Signal::Stop { save: true },
+            // Another rank's stop (a signal): saved, as a signal's is.
+            _ if v[4] > 0.0 => Signal::Stop { save: true },
+            1 => Signal::Paused,
+            _ => Signal::Go,
+        };
+        Ok(Agreed {
+            lr: v[0],
+            decays_used: v[1] as u32,
+            since_best: v[2] as u32,
+            signal,
+            images: v[5] as usize,
+        })
+    }
+
+    /// Every rank's copy of rank 0's `text` (the others' is ignored).
+    pub fn share_text(&self, text: &str) -> Result<String> {
+        let mut len = Tensor::from_slice(&[text.len() as i64]);
+        self.group.broadcast(&mut len, 0)?;
+        let n = len.int64_value(&[0]) as usize;
+        let mut bytes = if self.rank() == 0 {
+            Tensor::from_slice(text.as_bytes())
+        } else {
+            Tensor::zeros([n as i64], (Kind::Uint8, tch::Device::Cpu))
+        };
+        self.group.broadcast(&mut bytes, 0)?;
+        Ok(String::from_utf8(Vec::<u8>::try_from(&bytes)?)?)
+    }
+
+    /// Rank 0 checks that every rank starts from the same place (`at`: the
+    /// global step and the parameter count): ranks that resumed from
+    /// different checkpoints are an error on every rank.
+    pub fn check_same_start(&self, at: [i64; 2]) -> Result<()> {
+        let mut theirs = Tensor::from_slice(&at);
+        self.group.broadcast(&mut theirs, 0)?;
+        let rank0 = Vec::<i64>::try_from(&theirs)?;
+        let mut differ = Tensor::from_slice(&[i64::from(rank0 != at)]);
+        self.group.all_reduce_sum(&mut differ)?;
+        let n = differ.int64_value(&[0]);
+        if n > 0 {
+            bail!(
+                "{n} rank(s) start from another place than rank 0 (global step {}, {} parameters; \
+                 this rank: step {}, {} parameters): every rank must see the same run directory \
+                 and checkpoints",
+                rank0[0],
+                rank0[1],
+                at[0],
+                at[1]
+            );
+        }
+        Ok(())
+    }
+
+    /// Rank 0 names the run's directory for an elastic restart.
+    pub fn publish_run(&self, run: &std::path::Path) -> Result<()> {
+        self.group.store_set(RUN_KEY, &run.to_string_lossy())
+    }
+
+    /// The run an earlier attempt of this launch published, if any.
+    pub fn published_run(&self) -> Result<Option<std::path::PathBuf>> {
+        Ok(self.group.store_get(RUN_KEY)?.map(Into::into))
+    }
+}
+
+/// Consecutive tensors of at most `BUCKET_BYTES` (one alone may pass it).
+fn buckets(tensors: &[Tensor]) -> Vec<&[Tensor]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, t) in tensors.iter().enumerate() {
+        let b = t.numel() as i64 * t.kind().elt_size_in_bytes() as i64;
+        if i > start && bytes + b > BUCKET_BYTES {
+            out.push(&tensors[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += b;
+    }
+    if start < tensors.len() {
+        out.push(&tensors[start..]);
+    }
+    out
+}
+
+fn flatten(ts: &[Tensor]) -> Tensor {
+    Tensor::cat(&ts.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0)
+}
+
+fn unflatten(flat: &Tensor, ts: &[Tensor]) {
+    let mut at = 0;
+    for t in ts {
+        let n = t.numel() as i64;
+        let mut t = t.shallow_clone();
+        t.copy_(&flat.narrow(0, at, n).view_as(&t));
+        at += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cover_every_tensor_in_order_and_stay_small() {
+        let big = BUCKET_BYTES / 4 / 2; // half a bucket of f32
+        let ts: Vec<Tensor> = [big, big, 1, big * 3, 5]
+            .iter()
+            .map(|&n| Tensor::zeros([n], (Kind::Float, tch::Device::Cpu)))
+            .collect();
+        let sizes: Vec<Vec<i64>> = buckets(&ts)
+            .iter()
+            .map(|b| b.iter().map(|t| t.numel() as i64).collect())
+            .collect();
+        assert_eq!(sizes, vec![vec![big, big], vec![1], vec![big * 3], vec![5]]);
+    }
+
+    #[test]
+    fn flatten_then_unflatten_gives_the_tensors_back() {
+        let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]);
+        let b = Tensor::from_slice(&[5.0f32]);
+        let flat = flatten(&[a.shallow_clone(), b.shallow_clone()]) * 2.0;
+        unflatten(&flat, &[a.shallow_clone(), b.shallow_clone()]);
+        assert_eq!(Vec::<f32>::try_from(a.view([-1])).unwrap(), [2.0, 4.0, 6.0, 8.0]);
+        assert_eq!(Vec::<f32>::try_from(&b).unwrap(), [10.0]);
+    }
+}

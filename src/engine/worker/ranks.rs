@@ -1,0 +1,108 @@
+//! The training loop's side of a data-parallel run: the ranks start from
+//! the same place and rank 0's weights, and agree at every step boundary
+//! (see `crate::dist::DataParallel::agree`). Without ranks, a boundary is
+//! the face's commands alone.
+use super::{Boundary, Flow, Run, HEARTBEAT};
+use crate::control::{Event, LrCause};
+use crate::dist::{Agreed, Proposal, Signal};
+use anyhow::Result;
+use tch::Tensor;
+
+impl Run<'_> {
+    /// Whether this process owns the run (the only one, or rank 0).
+    pub(super) fn leader(&self) -> bool {
+        self.dp.as_ref().is_none_or(|dp| dp.rank() == 0)
+    }
+
+    /// Every rank resumed from the same step of the same network, and
+    /// takes rank 0's weights; the run's world size is recorded (a resume
+    /// on another is not exact: each rank's randomness is its own).
+    /// Notes what it did in `notes`.
+    pub(super) fn join_ranks(&mut self, notes: &mut Vec<Event>) -> Result<()> {
+        let Some(dp) = &self.dp else {
+            return Ok(());
+        };
+        let (world, state) = (dp.world(), &self.w.state);
+        dp.check_same_start([state.global_step as i64, self.w.model.spec.parameter_count()])?;
+        let mut vars: Vec<(String, Tensor)> = self.w.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let tensors: Vec<Tensor> = vars.into_iter().map(|(_, t)| t).collect();
+        dp.broadcast(&tensors)?;
+        notes.push(Event::Log {
+            message: format!("data-parallel: {}", dp.describe()),
+        });
+        if state.global_step > 0 && state.world != world {
+            let message = format!(
+                "warning: this run trained on {} rank(s) and resumes on {world}: each rank's dropout and \
+                 augmentation differ from before, so the resume is not exact",
+                state.world
+            );
+            notes.push(Event::Log { message });
+        }
+        self.w.state.world = world;
+        Ok(())
+    }
+
+    /// The step boundary after `poll`: alone, its flow; with other ranks,
+    /// what they agree on (rank 0's schedule and pause, a stop from any
+    /// rank, the whole batch's images). `waiting`: rank 0 is paused.
+    pub(super) fn boundary(&mut self, flow: Flow, waiting: bool, images: usize) -> Result<Boundary> {
+        let Some(dp) = &self.dp else {
+            return Ok(match flow {
+                Flow::Stop { save } => Boundary::Stop { save },
+                Flow::Continue => Boundary::Go { images },
+            });
+        };
+        let s = &self.w.state.schedule;
+        let signal = match flow {
+            Flow::Stop { save } => Signal::Stop { save },
+            Flow::Continue if waiting => Signal::Paused,
+            Flow::Continue => Signal::Go,
+        };
+        let agreed = dp.agree(&Proposal {
+            lr: s.lr,
+            decays_used: s.decays_used,
+            since_best: s.since_best,
+            signal,
+            images,
+        })?;
+        if !self.leader() {
+            self.follow(&agreed);
+        }
+        Ok(match agreed.signal {
+            Signal::Stop { save } => Boundary::Stop { save },
+            Signal::Paused => {
+                if waiting {
+                    // Until a command comes, or it is time to tell the others again.
+                    self.cmds.wait_for(HEARTBEAT);
+                    if self.cmds.closed() {
+                        // Nobody can resume us: carry on.
+                        self.paused = false;
+                        self.emit(Event::Resumed);
+                    }
+                }
+                Boundary::Wait
+            }
+            Signal::Go => Boundary::Go { images: agreed.images },
+        })
+    }
+
+    /// A rank that follows takes rank 0's schedule, and notes in its log
+    /// what changed at which global step.
+    fn follow(&mut self, a: &Agreed) {
+        let global = self.w.state.global_step;
+        let paused = a.signal == Signal::Paused;
+        if paused != self.paused {
+            self.paused = paused;
+            let what = if paused { "paused" } else { "resumed" };
+            self.log(format!("global step {global}: {what} by rank 0"));
+        }
+        let s = &mut self.w.state.schedule;
+        (s.decays_used, s.since_best) = (a.decays_used, a.since_best);
+        if a.lr != s.lr {
+            let old = std::mem::replace(&mut s.lr, a.lr);
+            self.set_lr(old, a.lr, LrCause::Manual);
+            self.log(format!("global step {global}: lr {old:e} -> {:e} from rank 0", a.lr));
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! A rank that dies or hangs ends the run within the timeout, with an
+//! error, and the run resumes from its newest checkpoint.
+use super::{common, metrics, rank_process, tiny};
+use std::{
+    path::Path,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Starts 2 ranks of a long run (as a launcher would), with the timeout.
+fn two_ranks(runs: &Path, timeout: &str) -> (Child, Child) {
+    let port = super::free_port();
+    let start = |rank| {
+        rank_process(rank, 2, port)
+            .args(tiny(runs, "faults", 16, 200, 1024))
+            .args(["--dist-timeout", timeout])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    (start(0), start(1))
+}
+
+/// Waits for the first checkpoint, then a little into the next epoch.
+fn mid_epoch(run: &Path) {
+    common::wait_until("a checkpoint", 300, || {
+        metrics(run).iter().any(|e| e["event"] == "checkpoint-saved")
+    });
+    let seen = metrics(run).len();
+    common::wait_until("a step", 60, || metrics(run).len() > seen);
+}
+
+/// The exit code and the standard error of a rank within `secs`.
+fn ends_within(rank: &mut Child, secs: u64) -> (i32, String) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(s) = rank.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rank 0 still runs {secs} s after its peer went"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(rank.stderr.as_mut().unwrap(), &mut err).unwrap();
+    (status.code().unwrap_or(-1), err)
+}
+
+#[test]
+fn a_killed_rank_ends_the_run_with_an_error_and_the_run_resumes() {
+    if !common::have_data() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("faults");
+    let (mut rank0, mut rank1) = two_ranks(tmp.path(), "60");
+    mid_epoch(&run);
+    unsafe { libc::kill(rank1.id() as i32, libc::SIGKILL) };
+    let _ = rank1.wait();
+    let (code, err) = ends_within(&mut rank0, 60);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("rank 0 of 2"), "the error names the rank: {err}");
+    // Resumed on 2 ranks, it goes on from the newest checkpoint.
+    let before = metrics(&run).len();
+    let port = super::free_port();
+    let resume = |rank| {
+        rank_process(rank, 2, port)
+            .args(["train", "--no-tui", "--resume"])
+            .arg(&run)
+            .args(["--set", "train.epochs=2"])
+            .output()
+            .unwrap()
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| resume(0));
+        let b = s.spawn(|| resume(1));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(a.status.success(), "{}", common::text(&a));
+    assert!(b.status.success(), "{}", common::text(&b));
+    let after = metrics(&run).split_off(before);
+    let started = after.iter().find(|e| e["event"] == "started").unwrap();
+    assert!(started["resumed_from"].is_string(), "{started}");
+    assert_eq!(started["world"], 2);
+    assert!(after.iter().any(|e| e["event"] == "finished"));
+}
+
+#[test]
+fn a_hung_rank_ends_the_run_within_the_timeout() {
+    if !common::have_data() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("faults");
+    let (mut rank0, mut rank1) = two_ranks(tmp.path(), "5");
+    mid_epoch(&run);
+    unsafe { libc::kill(rank1.id() as i32, libc::SIGSTOP) };
+    let (code, err) = ends_within(&mut rank0, 60);
+    let _ = rank1.kill();
+    let _ = rank1.wait();
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("Timed out"), "the error says it timed out: {err}");
+    assert!(err.contains("within 5s (--dist-timeout)"), "{err}");
+}
+
+#[test]
+fn a_signal_to_any_rank_stops_every_rank_and_rank_zero_saves() {
+    if !common::have_data() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("faults");
+    let (mut rank0, mut rank1) = two_ranks(tmp.path(), "60");
+    mid_epoch(&run);
+    unsafe { libc::kill(rank1.id() as i32, libc::SIGTERM) };
+    let (code, err) = ends_within(&mut rank0, 60);
+    assert_eq!(code, 0, "rank 0 stops as asked: {err}");
+    assert_eq!(rank1.wait().unwrap().code(), Some(143), "rank 1 ends as SIGTERM's");
+    let events = metrics(&run);
+    let saved = events.iter().rev().find(|e| e["event"] == "checkpoint-saved").unwrap();
+    assert_eq!(saved["reason"], "stop", "{saved}");
+    assert!(events.last().unwrap()["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("stopped")));
+}
+
+#[test]
+fn torchrun_restarts_a_lost_rank_and_the_run_resumes() {
+    if !common::have_data() {
+        return;
+    }
+    let Some(mut python) = common::python() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("faults");
+    let mut torchrun = python
+        .args(["-m", "torch.distributed.run", "--no-python", "--nproc-per-node", "2"])
+        .args(["--max-restarts", "1", "--master-port", &super::free_port().to_string()])
+        .arg(env!("CARGO_BIN_EXE_vggtrain"))
+        .args(tiny(tmp.path(), "faults", 16, 3, 1024))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    mid_epoch(&run);
+    // A rank: the youngest process running the binary (`pgrep -n`).
+    let pids = String::from_utf8(
+        std::process::Command::new("pgrep")
+            .args(["-f", "-n", &format!("{} train", env!("CARGO_BIN_EXE_vggtrain"))])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let pid: i32 = pids.trim().parse().expect("a rank's pid");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let status = torchrun.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(torchrun.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    let events = metrics(&run);
+    let starts: Vec<_> = events.iter().filter(|e| e["event"] == "started").collect();
+    assert_eq!(starts.len(), 2, "a start, and the restart's");
+    assert!(starts[1]["resumed_from"].is_string(), "{}", starts[1]);
+    assert!(events.last().unwrap()["event"] == "finished");
+}
