@@ -74,13 +74,17 @@ impl DataParallel {
         self.group.world
     }
 
-    /// "2 ranks over c10d (gloo; CUDA tensors over nccl)".
-    pub fn describe(&self) -> String {
-        format!(
-            "{} ranks over c10d (gloo; CUDA tensors over {})",
-            self.world(),
-            self.group.cuda_backend()
-        )
+    /// "2 ranks over c10d (gloo)", or on CUDA "2 ranks over c10d (nccl;
+    /// gloo for the step's control)".
+    pub fn describe(&self, cuda: bool) -> String {
+        match cuda {
+            true => format!(
+                "{} ranks over c10d ({}; gloo for the step's control)",
+                self.world(),
+                self.group.cuda_backend()
+            ),
+            false => format!("{} ranks over c10d (gloo)", self.world()),
+        }
     }
 
     /// This rank's part of a global batch: the rank-th of `world`

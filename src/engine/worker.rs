@@ -1,17 +1,17 @@
 //! The training loop on the engine's thread: steps, validation, the
 //! schedule, checkpoints and the commands of the faces, from a prepared
 //! worker (see `prepare`) until the run ends.
-use super::batches::{Batches, Fetch};
+use super::batches::Batches;
 use super::checkpoint::{self, TrainState};
 use super::commands::Commands;
 use super::schedule::Decision;
 use super::sgd::Sgd;
-use super::{train_step, Reduce, Sink};
+use super::Sink;
 use crate::config::Config;
 use crate::control::{
     CheckpointReason, Command, ConfigChange, EpochStats, EvalResult, Event, LrCause, LrMark, RunInfo,
 };
-use crate::data::{self, augment::Augment, augment::Normalise, Dataset};
+use crate::data::{augment::Augment, augment::Normalise, Dataset};
 use crate::dist::DataParallel;
 use crate::eval::{self, Member, Protocol, Runner};
 use crate::model::{Card, Vgg};
@@ -24,6 +24,7 @@ use std::{
 use tch::{nn::VarStore, Kind, Tensor};
 
 mod ranks;
+mod steps;
 
 /// Commands applied at one step boundary, at most.
 const COMMANDS_PER_STEP: usize = 16;
@@ -31,23 +32,6 @@ const COMMANDS_PER_STEP: usize = 16;
 /// While rank 0 is paused, it tells the other ranks this often (well
 /// within any collective's timeout).
 const HEARTBEAT: Duration = Duration::from_millis(500);
-
-/// A step's randomness (dropout, augmentation) is a function of the seed,
-/// the epoch and the step: resuming needs no generator state.
-fn step_seed(seed: u64, epoch: usize, step: usize) -> i64 {
-    let mut rng = data::SplitMix(seed ^ ((epoch as u64) << 32) ^ step as u64);
-    (rng.next() >> 1) as i64
-}
-
-/// A rank's randomness of a step (its dropout masks, its images'
-/// augmentation): rank 0's is a single process's.
-fn rank_seed(step_seed: i64, rank: usize) -> i64 {
-    step_seed.wrapping_add(rank as i64) & i64::MAX
-}
-
-fn epoch_seed(seed: u64, epoch: usize) -> u64 {
-    data::SplitMix(seed.wrapping_add(0xe90c ^ epoch as u64)).next()
-}
 
 /// The epoch's loss and correct counts, summed on the device: read back
 /// (flushed into the state) at step events and before every checkpoint.
@@ -552,109 +536,6 @@ impl Run<'_> {
         }
         if improved {
             self.save(CheckpointReason::Best, false)?;
-        }
-        Ok(true)
-    }
-
-    /// The epoch's remaining steps; false when a stop request ended it.
-    fn steps_of_epoch(&mut self) -> Result<bool> {
-        let cfg = &self.w.cfg;
-        let (batch, seed) = (cfg.train.batch_size as usize, cfg.train.seed);
-        let throttle = Duration::from_secs_f64(1.0 / cfg.train.step_events_per_sec);
-        let n = self.w.data.train.len();
-        let steps = self.steps();
-        let epoch = self.w.state.epoch;
-        let order = self.w.data.train.order(epoch_seed(seed, epoch));
-        let rank = self.dp.as_ref().map_or(0, DataParallel::rank);
-        let list = (self.w.state.step..steps)
-            .map(|s| {
-                let batch = &order[s * batch..((s + 1) * batch).min(n)];
-                let idx = match &self.dp {
-                    Some(dp) => dp.share(batch),
-                    None => batch.to_vec(),
-                };
-                (idx, rank_seed(step_seed(seed, epoch, s), rank) as u64)
-            })
-            .collect();
-        let mut stream = self.w.batches.stream(&self.w.data.train, list);
-        let dev = self.w.batches.device;
-        self.sums = Sums::new(dev);
-        let (mut window_loss, mut window_n) = (Tensor::zeros([], (Kind::Double, dev)), 0usize);
-        let mut last_event: Option<(Instant, u64)> = None;
-        // This rank's batch of the step, held while rank 0 is paused.
-        let mut held = None;
-        while self.w.state.step < steps {
-            let flow = self.poll()?;
-            let step = self.w.state.step;
-            // Rank 0 paused in a data-parallel run: the ranks wait together.
-            let waiting = matches!(flow, Flow::Continue) && self.paused && self.leader();
-            if matches!(flow, Flow::Continue) && !waiting && held.is_none() {
-                let cmds = &mut self.cmds;
-                held = match stream.next(&mut || cmds.stop_requested()) {
-                    Fetch::Batch(b) => Some(b?),
-                    // The poll at the top of the loop takes the stop.
-                    Fetch::Stopped => continue,
-                    Fetch::Done => bail!("the training data ended before step {} of {steps}", step + 1),
-                };
-            }
-            let local = held.as_ref().map_or(0, |b: &super::batches::Batch| b.len());
-            let images = match self.boundary(flow, waiting, local)? {
-                Boundary::Stop { save } => {
-                    self.stop(save)?;
-                    return Ok(false);
-                }
-                Boundary::Wait => continue,
-                Boundary::Go { images } => images,
-            };
-            let b = held.take().expect("a batch unless stopping or waiting");
-            tch::manual_seed(rank_seed(step_seed(seed, epoch, step), rank));
-            self.skipped += b.skipped;
-            if self.bad.is_none() {
-                self.bad = b.bad.clone();
-            }
-            self.w.state.step += 1;
-            self.w.state.global_step += 1;
-            if images == 0 {
-                // Every image of the batch was undecodable: nothing to learn.
-                continue;
-            }
-            let w = &mut self.w;
-            let x = if b.is_empty() {
-                b.x.shallow_clone()
-            } else {
-                w.train_aug.train(&b.x)
-            };
-            let reduce = self.dp.as_mut().map(|dp| Reduce { dp, images });
-            let (loss, correct) = train_step(&w.model, &mut w.sgd, &w.batches, &x, &b.y, w.state.schedule.lr, reduce)?;
-            self.sums.loss += &loss;
-            self.sums.correct += correct;
-            window_loss += &loss;
-            window_n += images;
-            self.w.state.seen += images as f64;
-            // The epoch's last step always reports, so every curve reaches it.
-            let last = self.w.state.step == steps;
-            if last || last_event.is_none_or(|(t, _)| t.elapsed() >= throttle) {
-                // The only host sync of a step, at most step-events-per-sec.
-                self.sums.flush(&mut self.w.state);
-                let loss = window_loss.double_value(&[]) / window_n as f64;
-                self.check_loss()?;
-                let now = Instant::now();
-                let global = self.w.state.global_step;
-                let ips = last_event
-                    .map(|(t, s)| (global - s) as f64 * batch as f64 / now.duration_since(t).as_secs_f64())
-                    .unwrap_or(0.0);
-                last_event = Some((now, global));
-                let _ = window_loss.zero_();
-                window_n = 0;
-                self.emit(Event::Step {
-                    epoch: epoch + 1,
-                    step: self.w.state.step,
-                    global_step: global,
-                    loss,
-                    lr: self.w.state.schedule.lr,
-                    images_per_sec: ips,
-                });
-            }
         }
         Ok(true)
     }

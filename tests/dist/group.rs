@@ -170,3 +170,14 @@ fn torchrun_and_slurm_environments_give_the_rendezvous() {
         assert!(err.contains(want), "{vars:?}: {err}");
     }
 }
+
+#[test]
+fn each_rank_takes_its_own_gpu_where_the_device_is_cuda_or_auto() {
+    use vggtrain::engine::rank_device;
+    assert_eq!(rank_device("cuda", 1).unwrap(), "cuda:1");
+    assert_eq!(rank_device("cpu", 1).unwrap(), "cpu");
+    assert_eq!(rank_device("cuda:3", 1).unwrap(), "cuda:3", "a device named stays");
+    let auto = if tch::Cuda::is_available() { "cuda:1" } else { "auto" };
+    assert_eq!(rank_device("auto", 1).unwrap(), auto);
+    assert!(rank_device("tpu", 0).is_err());
+}

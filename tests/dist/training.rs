@@ -68,6 +68,40 @@ fn two_ranks_launched_by_torchrun_compute_what_one_process_does() {
     });
 }
 
+#[test]
+fn a_two_rank_run_stopped_and_resumed_ends_with_the_weights_of_one_never_stopped() {
+    if !common::have_data() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // Dropout and augmentation on: each rank's randomness resumes too.
+    let random = [
+        "--set",
+        "model.dropout=0.5",
+        "--set",
+        "data.flip=true",
+        "--set",
+        "data.pad=2",
+    ];
+    let two = |name: &str, epochs: usize, resume: bool| {
+        let mut c = common::bin();
+        if resume {
+            c.args(["train", "--no-tui", "--resume"]).arg(tmp.path().join(name));
+            c.args(["--set", &format!("train.epochs={epochs}")]);
+        } else {
+            c.args(tiny(tmp.path(), name, 16, epochs, 128)).args(random);
+        }
+        common::ok(c.args(["--nproc-per-node", "2"]).output().unwrap());
+    };
+    two("straight", 2, false);
+    two("stopped", 1, false);
+    two("stopped", 2, true);
+    let (a_path, a) = newest_weights(&tmp.path().join("straight"));
+    let (b_path, b) = newest_weights(&tmp.path().join("stopped"));
+    assert_eq!(a_path.file_name(), b_path.file_name());
+    assert_eq!(max_difference(&a, &b), 0.0, "the resumed run's weights differ");
+}
+
 /// The events of a connection until `pred` holds.
 fn until(events: &crossbeam_channel::Receiver<Event>, what: &str, pred: impl Fn(&Event) -> bool) -> Vec<Event> {
     let mut seen = Vec::new();

@@ -29,7 +29,7 @@ impl Run<'_> {
         let tensors: Vec<Tensor> = vars.into_iter().map(|(_, t)| t).collect();
         dp.broadcast(&tensors)?;
         notes.push(Event::Log {
-            message: format!("data-parallel: {}", dp.describe()),
+            message: format!("data-parallel: {}", dp.describe(self.w.batches.device.is_cuda())),
         });
         if state.global_step > 0 && state.world != world {
             let message = format!(
