@@ -89,7 +89,8 @@ pub struct RunInfo {
     pub world: usize,
 }
 
-fn one_rank() -> usize {
+/// Serde's default world size: runs from before data parallelism.
+pub(crate) fn one_rank() -> usize {
     1
 }
 

@@ -1,6 +1,7 @@
 //! The headless face: progress lines on stderr (the run directory has the
 //! full record), and control by signals: SIGUSR1 = checkpoint now,
-//! SIGINT/SIGTERM = checkpoint then stop; a second one quits at once.
+//! SIGINT/SIGTERM = checkpoint then stop; a second one quits at once (but
+//! for its echo: `ECHO`).
 use crate::control::{Command, Event, RunInfo};
 use crate::engine::EngineHandle;
 use crossbeam_channel::RecvTimeoutError;
@@ -20,6 +21,11 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_SIGINT: i32 = 130;
 pub const EXIT_SIGTERM: i32 = 143;
+
+/// A second stop signal this soon after the first is the same stop,
+/// passed on: a signal to a process group reaches a rank both directly and
+/// through its launcher (vggtrain's, torchrun, SLURM's srun).
+pub const ECHO: Duration = Duration::from_secs(1);
 
 /// Seconds between step lines.
 const STEP_LINE_EVERY: Duration = Duration::from_secs(5);
@@ -228,16 +234,17 @@ impl Preparing {
 /// stops every rank (rank 0 saves); a second quits at once.
 pub fn follow(handle: EngineHandle, signals: StopSignals, rank: usize) -> i32 {
     let mut code = EXIT_OK;
-    let mut stopping = false;
+    let mut stopping: Option<Instant> = None;
     loop {
         for (f, c) in [(&signals.int, EXIT_SIGINT), (&signals.term, EXIT_SIGTERM)] {
-            if f.swap(false, Ordering::SeqCst) {
-                if stopping {
-                    exit_now(code);
-                }
-                (stopping, code) = (true, c);
-                handle.send(Command::Stop { save: true });
+            if !f.swap(false, Ordering::SeqCst) || stopping.is_some_and(|t| t.elapsed() < ECHO) {
+                continue;
             }
+            if stopping.is_some() {
+                exit_now(code);
+            }
+            (stopping, code) = (Some(Instant::now()), c);
+            handle.send(Command::Stop { save: true });
         }
         match handle.events.recv_timeout(Duration::from_millis(100)) {
             Ok(Event::Failed { message }) => {
@@ -258,7 +265,7 @@ pub fn follow(handle: EngineHandle, signals: StopSignals, rank: usize) -> i32 {
 pub fn run(handle: EngineHandle, progress: Progress, signals: StopSignals) -> i32 {
     let StopSignals { int, term, usr1 } = signals;
     let mut code = EXIT_OK;
-    let mut stopping = false;
+    let mut stopping: Option<Instant> = None;
     let mut out = Out::new(progress);
     // The GPU's memory, for the epoch lines (nothing on the CPU or without NVML).
     let gpus = crate::gpu::watch(handle.device);
@@ -274,15 +281,15 @@ pub fn run(handle: EngineHandle, progress: Progress, signals: StopSignals) -> i3
             handle.send(Command::SaveCheckpoint);
         }
         for (f, c) in [(&int, EXIT_SIGINT), (&term, EXIT_SIGTERM)] {
-            if !f.swap(false, Ordering::SeqCst) {
+            if !f.swap(false, Ordering::SeqCst) || stopping.is_some_and(|t| t.elapsed() < ECHO) {
                 continue;
             }
-            if stopping {
+            if stopping.is_some() {
                 out.line("second signal: quitting now; the run resumes from its last checkpoint");
                 crate::engine::run_dir::abandon(&handle.run_dir);
                 exit_now(code);
             }
-            stopping = true;
+            stopping = Some(Instant::now());
             code = c;
             out.line("signal received: saving a checkpoint, then stopping (again to quit at once)");
             handle.send(Command::Stop { save: true });

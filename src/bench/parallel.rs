@@ -37,11 +37,6 @@ pub fn run(a: &BenchArgs, dp: &mut DataParallel) -> Result<ParallelReport> {
         batches,
         ..
     } = setup(a)?;
-    if !device.is_cuda() {
-        // The machine's cores, split between the ranks (as `train --nproc-per-node`).
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        tch::set_num_threads((cores / dp.world()).max(1) as i32);
-    }
     let local = a.batch / dp.world() as i64;
     let x = Tensor::randn([local, 3, a.input, a.input], (Kind::Float, device));
     let y = Tensor::randint(10, [local], (Kind::Int64, device));

@@ -1,8 +1,10 @@
 //! The subcommands other than train's faces (`eval` and `predict` in
 //! `eval`).
 mod eval;
+mod train;
 
 pub use eval::{eval, predict};
+pub use train::train;
 
 use crate::cli::ConfigArgs;
 use crate::config::{Config, DatasetName, Layered};
@@ -319,31 +321,37 @@ pub fn bench(a: &crate::cli::BenchCli) -> Result<()> {
         workers: a.workers,
     };
     let timeout = std::time::Duration::from_secs(60);
-    let launch = a.nproc_per_node.filter(|&n| n > 1);
-    let rendezvous = crate::dist::rendezvous(launch.is_some())?;
-    if let Some(n) = launch {
-        let mut cfg = crate::config::Config::default();
-        cfg.train.device = a.device.clone();
-        crate::dist::check_batch(a.batch, n.into())?;
-        return match crate::dist::launch::run(n.into(), &cfg, timeout)? {
-            0 => Ok(()),
-            code => bail!("a rank of the benchmark exited with code {code}"),
-        };
-    }
-    if let Some((_, mut dp)) = rendezvous.map(|r| crate::dist::join(r, timeout)).transpose()? {
-        let report = crate::bench::parallel(&args, &mut dp)?;
-        if dp.rank() == 0 && a.json {
-            println!("{}", serde_json::to_string(&report)?);
-        } else if dp.rank() == 0 {
-            report.print();
+    match crate::dist::role(a.nproc_per_node)? {
+        crate::dist::Role::Launcher(n) => {
+            crate::dist::check_batch(a.batch, n)?;
+            match crate::dist::launch::run(n, timeout)? {
+                0 => Ok(()),
+                code => bail!("a rank of the benchmark exited with code {code}"),
+            }
         }
-        return Ok(());
+        crate::dist::Role::Rank(r) => {
+            let device = engine::rank_device(&a.device, r.local_rank)?;
+            let cuda = engine::resolve_device(&device)?.is_cuda();
+            if let Some(n) = crate::dist::threads_per_rank(0, cuda, r.local_world) {
+                tch::set_num_threads(n);
+            }
+            let (r, mut dp) = crate::dist::join(r, timeout)?;
+            let report = crate::bench::parallel(&crate::bench::BenchArgs { device, ..args }, &mut dp)?;
+            match (r.rank, a.json) {
+                (0, true) => println!("{}", serde_json::to_string(&report)?),
+                (0, false) => report.print(),
+                _ => {}
+            }
+            Ok(())
+        }
+        crate::dist::Role::Alone => {
+            let report = crate::bench::run(&args)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                report.print();
+            }
+            Ok(())
+        }
     }
-    let report = crate::bench::run(&args)?;
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        report.print();
-    }
-    Ok(())
 }

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -68,7 +69,17 @@ void* vgg_dist_init(const char* host, int port, int rank, int world, int client_
     auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
     auto store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix) + "/gloo", tcp);
     auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-    options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(host));
+    // Gloo's own socket: the interface GLOO_SOCKET_IFNAME names, loopback
+    // for a run on this machine, else this host's address (as torch does).
+    const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+    std::string h(host);
+    if (ifname != nullptr && *ifname != 0) {
+      options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+    } else if (h == "127.0.0.1" || h == "localhost" || h == "::1") {
+      options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(host));
+    } else {
+      options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    }
     auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
     c10::intrusive_ptr<c10d::Backend> nccl;
 #ifdef USE_C10D_NCCL
@@ -129,10 +140,6 @@ int vgg_dist_broadcast(void* group, void* tensor, int root) {
     o.rootRank = root;
     static_cast<Group*>(group)->for_tensor(ts[0]).broadcast(ts, o)->wait();
   });
-}
-
-int vgg_dist_barrier(void* group) {
-  return guard([&] { static_cast<Group*>(group)->gloo->barrier()->wait(); });
 }
 
 void vgg_dist_free(void* group) {

@@ -1,14 +1,15 @@
 //! `vggtrain train --nproc-per-node N`: the ranks of one machine, started by
 //! vggtrain itself (no Python, no torchrun). Each rank is this program run
 //! again with torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK,
-//! LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) on a free loopback port;
-//! on the CPU the cores are split between them. Rank 0 keeps the terminal
-//! (its face), the others are quiet. The launcher passes SIGTERM (and a
-//! SIGINT that did not come from the terminal, which reaches every rank
-//! itself) to the ranks and SIGUSR1 to rank 0, and returns when all are
-//! done: a rank that fails ends the others within the group's timeout (and
-//! a rank still there past it is killed).
-use crate::config::Config;
+//! LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) on a free loopback port
+//! (each rank then takes its GPU, or its share of the cores: `main`'s and
+//! `bench`'s rank set-up). Rank 0 keeps the terminal
+//! (its face), the others are quiet. The launcher passes SIGINT and SIGTERM
+//! on to the ranks (a rank takes the copy of a signal that reached it
+//! directly too as one stop: `headless::ECHO`) and SIGUSR1 to rank 0, and
+//! returns when all are done: a rank that fails ends the others within the
+//! group's timeout (and a rank still there past it is killed).
+use crate::headless::{EXIT_SIGINT, EXIT_SIGTERM};
 use anyhow::{Context, Result};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use std::{
@@ -44,14 +45,6 @@ fn rank_args(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
     out
 }
 
-/// libtorch threads for each of `nproc` ranks on the CPU: the cores split
-/// between them (unless `train.threads` says).
-fn threads_per_rank(config: &Config, nproc: usize) -> Option<usize> {
-    let cuda = crate::engine::resolve_device(&config.train.device).is_ok_and(|d| d.is_cuda());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (config.train.threads == 0 && !cuda).then(|| (cores / nproc).max(1))
-}
-
 fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port on 127.0.0.1")?;
     Ok(listener.local_addr()?.port())
@@ -62,20 +55,13 @@ fn code(status: std::process::ExitStatus) -> i32 {
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-/// Whether a SIGINT came from this terminal (then every rank, in our
-/// process group, had it too).
-fn from_terminal() -> bool {
-    unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
-}
-
-/// Starts `nproc` ranks of this command (`config`: its configuration) and
-/// waits for them; returns the exit code (rank 0's, else the first
-/// failure's).
-pub fn run(nproc: usize, config: &Config, timeout: Duration) -> Result<i32> {
+/// Starts `nproc` ranks of this command and waits for them; returns the
+/// exit code (rank 0's, else the first failure's). `timeout`: the ranks'
+/// own, after which a failure ends the others.
+pub fn run(nproc: usize, timeout: Duration) -> Result<i32> {
     let exe = std::env::current_exe().context("cannot find this program to start its ranks")?;
     let args = rank_args(std::env::args_os().skip(1));
     let port = free_port()?.to_string();
-    let threads = threads_per_rank(config, nproc);
     let flags: Vec<(i32, Arc<AtomicBool>)> = [SIGINT, SIGTERM, SIGUSR1]
         .into_iter()
         .map(|s| {
@@ -95,9 +81,6 @@ pub fn run(nproc: usize, config: &Config, timeout: Duration) -> Result<i32> {
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", &port)
             .env_remove("TORCHELASTIC_USE_AGENT_STORE");
-        if let Some(t) = threads {
-            cmd.env("VGGTRAIN_TRAIN_THREADS", t.to_string());
-        }
         if rank > 0 {
             cmd.stdin(Stdio::null()).stdout(Stdio::null());
         }
@@ -119,10 +102,10 @@ pub fn run(nproc: usize, config: &Config, timeout: Duration) -> Result<i32> {
 /// get `grace` to end.
 fn wait(mut ranks: Vec<Child>, flags: &[(i32, Arc<AtomicBool>)], grace: Duration) -> i32 {
     let mut codes: Vec<Option<i32>> = vec![None; ranks.len()];
-    let mut first_failure: Option<(usize, Instant)> = None;
+    let mut first_failure: Option<Instant> = None;
     while codes.iter().any(Option::is_none) {
         for (sig, flag) in flags {
-            if !flag.swap(false, Ordering::SeqCst) || (*sig == SIGINT && from_terminal()) {
+            if !flag.swap(false, Ordering::SeqCst) {
                 continue;
             }
             for (rank, c) in ranks.iter().enumerate() {
@@ -138,13 +121,15 @@ fn wait(mut ranks: Vec<Child>, flags: &[(i32, Arc<AtomicBool>)], grace: Duration
             if let Ok(Some(status)) = c.try_wait() {
                 let code = code(status);
                 codes[rank] = Some(code);
-                if code != 0 && first_failure.is_none() {
+                // A rank stopped by a signal ended as asked: the others stop too.
+                let failed = ![0, EXIT_SIGINT, EXIT_SIGTERM].contains(&code);
+                if failed && first_failure.is_none() {
                     eprintln!("rank {rank} exited with code {code}: the other ranks stop");
-                    first_failure = Some((rank, Instant::now()));
+                    first_failure = Some(Instant::now());
                 }
             }
         }
-        if let Some((_, at)) = first_failure {
+        if let Some(at) = first_failure {
             if at.elapsed() > grace {
                 for (rank, c) in ranks.iter_mut().enumerate() {
                     if codes[rank].is_none() {
@@ -156,11 +141,8 @@ fn wait(mut ranks: Vec<Child>, flags: &[(i32, Arc<AtomicBool>)], grace: Duration
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let codes: Vec<i32> = codes.into_iter().flatten().collect();
-    match (codes[0], first_failure) {
-        (0, Some((rank, _))) => codes[rank],
-        (c, _) => c,
-    }
+    // Rank 0's code, else the first other's that is not 0.
+    codes.into_iter().flatten().find(|&c| c != 0).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -178,16 +160,5 @@ mod tests {
             rank_args(args(&["train", "--nproc-per-node=4", "--set", "a=1"]).into_iter()),
             args(&["train", "--set", "a=1"])
         );
-    }
-
-    #[test]
-    fn cpu_ranks_split_the_cores_unless_threads_are_set() {
-        let mut cfg = Config::default();
-        cfg.train.device = "cpu".into();
-        let cores = std::thread::available_parallelism().unwrap().get();
-        assert_eq!(threads_per_rank(&cfg, 2), Some((cores / 2).max(1)));
-        assert_eq!(threads_per_rank(&cfg, cores * 4), Some(1));
-        cfg.train.threads = 3;
-        assert_eq!(threads_per_rank(&cfg, 2), None);
     }
 }

@@ -1,13 +1,15 @@
 //! The process group of a data-parallel run: PyTorch's own c10d (a TCPStore
-//! rendezvous and a Gloo process group) through a small C++ shim,
+//! rendezvous, a Gloo process group for CPU tensors and, where built and a
+//! GPU is there, an NCCL one for CUDA tensors) through a small C++ shim,
 //! `c10d.cpp`, that `build.rs` compiles against libtorch's headers and
 //! Debian's `libgloo-dev`. Every C++ exception comes back as an error
 //! naming what failed; every call is bounded by the group's timeout.
 //!
-//! `Rendezvous::from_env` reads where the ranks meet from torchrun's
-//! environment (or SLURM's); `ProcessGroup::join` meets them there;
-//! `DataParallel` is what training asks of the group; `launch` starts the
-//! ranks of one machine itself (`train --nproc-per-node`).
+//! `role` says what this process is in a launch: alone, the launcher of
+//! this machine's ranks (`launch`, for `--nproc-per-node`), or one of the
+//! ranks, which `join` meets with the others (from torchrun's environment
+//! or SLURM's: `Rendezvous::from_env`); `DataParallel` is what training
+//! asks of the group.
 pub mod launch;
 mod parallel;
 
@@ -35,7 +37,6 @@ extern "C" {
     fn vgg_dist_store_get(group: *mut c_void, key: *const c_char, out: *mut c_char, cap: i64) -> c_int;
     fn vgg_dist_all_reduce_sum(group: *mut c_void, tensor: *mut c_void) -> c_int;
     fn vgg_dist_broadcast(group: *mut c_void, tensor: *mut c_void, root: c_int) -> c_int;
-    fn vgg_dist_barrier(group: *mut c_void) -> c_int;
     fn vgg_dist_cuda_backend(group: *mut c_void) -> *const c_char;
     fn vgg_dist_free(group: *mut c_void);
 }
@@ -56,6 +57,9 @@ pub struct Rendezvous {
     pub world: usize,
     /// The rank among this machine's (its GPU, on CUDA).
     pub local_rank: usize,
+    /// The ranks of this machine (LOCAL_WORLD_SIZE, SLURM_NTASKS_PER_NODE;
+    /// 1 when not said), which share its cores on the CPU.
+    pub local_world: usize,
     /// Another process (torchrun's agent) serves the store: rank 0 too
     /// connects as a client.
     pub agent_store: bool,
@@ -88,6 +92,7 @@ impl Rendezvous {
             rank: number(rank)?,
             world: number(world)?,
             local_rank: get(local).map_or(Ok(0), |_| number(local))?,
+            local_world: local_world(&get),
             host: get("MASTER_ADDR").with_context(|| format!("{rank} is set but MASTER_ADDR is not"))?,
             port: {
                 let p = number("MASTER_PORT")?;
@@ -116,24 +121,48 @@ impl Rendezvous {
 /// Each of `world` ranks takes an equal share of the global batch.
 pub fn check_batch(batch: i64, world: usize) -> Result<()> {
     if batch % world as i64 != 0 {
-        bail!("train.batch-size = {batch} does not split between {world} ranks: each takes batch/{world}, so make it a multiple of {world}");
+        bail!("a batch of {batch} does not split between {world} ranks: each takes batch/{world}, so make it a multiple of {world}");
     }
     Ok(())
 }
 
-/// The rendezvous of the launcher that started this process (None when
-/// it was started alone), and `launching`: this process was asked to start
-/// the ranks itself (`--nproc-per-node`), which a launcher's rank must not.
-pub fn rendezvous(launching: bool) -> Result<Option<Rendezvous>> {
+/// What this process is in a launch.
+pub enum Role {
+    /// No launcher started it, and it starts none.
+    Alone,
+    /// It starts this machine's N ranks (`--nproc-per-node N`).
+    Launcher(usize),
+    /// One of the ranks a launcher started (torchrun, SLURM, vggtrain).
+    Rank(Rendezvous),
+}
+
+/// This process's role, from the launcher's environment and
+/// `--nproc-per-node` (`nproc`); a launcher's rank may not launch again.
+pub fn role(nproc: Option<u16>) -> Result<Role> {
     let r = Rendezvous::from_env(|k| std::env::var(k).ok())?;
-    if let (Some(r), true) = (&r, launching) {
-        bail!(
+    Ok(match (r, nproc.filter(|&n| n > 1)) {
+        (Some(r), Some(_)) => bail!(
             "--nproc-per-node in rank {} of a launch that started {} ranks already (torchrun, SLURM): leave it out",
             r.rank,
             r.world
-        );
-    }
-    Ok(r)
+        ),
+        (Some(r), None) => Role::Rank(r),
+        (None, Some(n)) => Role::Launcher(n.into()),
+        (None, None) => Role::Alone,
+    })
+}
+
+/// libtorch's threads for a rank on the CPU: the machine's cores split
+/// between its `local_world` ranks, unless `train.threads` (`configured`)
+/// says (None: leave them be).
+pub fn threads_per_rank(configured: i32, cuda: bool, local_world: usize) -> Option<i32> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (configured == 0 && !cuda).then(|| (cores / local_world.max(1)).max(1) as i32)
+}
+
+/// Whether this process owns the run: it trains alone, or is rank 0.
+pub fn leads(dp: Option<&DataParallel>) -> bool {
+    dp.is_none_or(|dp| dp.rank() == 0)
 }
 
 /// Meets the other ranks at `r`.
@@ -142,7 +171,19 @@ pub fn join(r: Rendezvous, timeout: Duration) -> Result<(Rendezvous, DataParalle
     Ok((r, DataParallel::new(group)))
 }
 
-/// This process's membership of a c10d process group (Gloo).
+/// LOCAL_WORLD_SIZE (torchrun), or the leading number of
+/// SLURM_NTASKS_PER_NODE ("8" or "8(x2)"); 1 when neither says.
+fn local_world(get: &impl Fn(&str) -> Option<String>) -> usize {
+    let digits = |v: String| v.chars().take_while(char::is_ascii_digit).collect::<String>();
+    get("LOCAL_WORLD_SIZE")
+        .or_else(|| get("SLURM_NTASKS_PER_NODE"))
+        .and_then(|v| digits(v).parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1)
+}
+
+/// This process's membership of a c10d process group (Gloo, and NCCL for
+/// CUDA tensors where built and a GPU is there).
 pub struct ProcessGroup {
     group: *mut c_void,
     pub rank: usize,
@@ -227,7 +268,8 @@ impl ProcessGroup {
         self.check("setting a store key", code)
     }
 
-    /// `key`'s value in the store, None when unset (without waiting).
+    /// `key`'s value in the store (up to 4,095 bytes: a path), None when
+    /// unset (without waiting).
     pub fn store_get(&self, key: &str) -> Result<Option<String>> {
         let key = CString::new(key)?;
         let mut out = vec![0 as c_char; 4096];
@@ -244,12 +286,6 @@ impl ProcessGroup {
         unsafe { CStr::from_ptr(vgg_dist_cuda_backend(self.group)) }
             .to_string_lossy()
             .into_owned()
-    }
-
-    /// Waits until every rank is here.
-    pub fn barrier(&self) -> Result<()> {
-        let code = unsafe { vgg_dist_barrier(self.group) };
-        self.check("barrier", code)
     }
 }
 

@@ -37,12 +37,15 @@ pub struct Proposal {
     pub decays_used: u32,
     pub since_best: u32,
     pub signal: Signal,
-    /// Images of this rank's share of the step's batch.
+    /// Images of this rank's share of the step's batch, and its images
+    /// that could not be decoded (left out).
     pub images: usize,
+    pub skipped: usize,
 }
 
 /// What the ranks agreed on: rank 0's schedule and signal (a stop when any
-/// rank asked for one), and the images of the whole batch.
+/// rank asked for one), and the images of the whole batch (and those of it
+/// left out).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Agreed {
     pub lr: f64,
@@ -50,6 +53,7 @@ pub struct Agreed {
     pub since_best: u32,
     pub signal: Signal,
     pub images: usize,
+    pub skipped: usize,
 }
 
 pub struct DataParallel {
@@ -155,9 +159,10 @@ impl DataParallel {
                 code,
                 stop,
                 p.images as f64,
+                p.skipped as f64,
             ]
         } else {
-            [0.0, 0.0, 0.0, 0.0, stop, p.images as f64]
+            [0.0, 0.0, 0.0, 0.0, stop, p.images as f64, p.skipped as f64]
         };
         let mut t = Tensor::from_slice(&mine);
         self.group.all_reduce_sum(&mut t)?;
@@ -176,6 +181,7 @@ impl DataParallel {
             since_best: v[2] as u32,
             signal,
             images: v[5] as usize,
+            skipped: v[6] as usize,
         })
     }
 

@@ -57,12 +57,8 @@ pub struct TrainState {
     #[serde(default)]
     pub data: String,
     /// The ranks the run trains on (1 before data parallelism).
-    #[serde(default = "one_rank")]
+    #[serde(default = "crate::control::one_rank")]
     pub world: usize,
-}
-
-fn one_rank() -> usize {
-    1
 }
 
 fn legacy_format() -> u32 {

@@ -64,13 +64,13 @@ pub fn resolve_device(s: &str) -> Result<Device> {
     }
 }
 
-/// A rank's device: its own GPU (LOCAL_RANK) where the configured one is
-/// `auto` on a machine with CUDA, or `cuda`; else as configured.
+/// A rank's device: its own GPU (LOCAL_RANK) wherever the configured one
+/// is CUDA (`cuda`, any `cuda:N`, which rank 0 saved in the run, or `auto`
+/// on a machine with CUDA); else as configured.
 pub fn rank_device(configured: &str, local_rank: usize) -> Result<String> {
     Ok(match parse_device(configured)? {
         None if !tch::Cuda::is_available() => configured.to_owned(),
-        None => format!("cuda:{local_rank}"),
-        Some(Device::Cuda(_)) if configured.trim() == "cuda" => format!("cuda:{local_rank}"),
+        None | Some(Device::Cuda(_)) => format!("cuda:{local_rank}"),
         Some(_) => configured.to_owned(),
     })
 }
@@ -285,7 +285,7 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 pub fn spawn(mut start: Start, interrupted: &dyn Fn() -> Option<i32>) -> Result<EngineHandle> {
     start.config.validate()?;
     let parallel = start.parallel.take();
-    let leader = parallel.as_ref().is_none_or(|p| p.rank() == 0);
+    let leader = crate::dist::leads(parallel.as_ref());
     match &start.resume {
         None => start.config.validate_inputs()?,
         // Nothing is written to a directory that is not a run, or that

@@ -64,9 +64,11 @@ enum Flow {
 /// What a step boundary decided (with the other ranks, in a data-parallel
 /// run).
 enum Boundary {
-    /// Train the step, on a batch of `images` in all.
+    /// Train the step, on a batch of `images` in all (`skipped` of it
+    /// could not be decoded).
     Go {
         images: usize,
+        skipped: usize,
     },
     /// Rank 0 is paused: poll again, keeping this rank's batch.
     Wait,
@@ -431,6 +433,20 @@ impl Run<'_> {
     /// sum the counts; they finish the pass (a stop waits for the next
     /// step boundary).
     fn evaluate(&mut self, test: bool) -> Result<Option<EvalResult>> {
+        if let Some(dp) = &self.dp {
+            // Every rank evaluates with rank 0's buffers (batch-norm
+            // statistics, which each rank updated on its own images), the
+            // ones its checkpoints hold.
+            let mut buffers: Vec<(String, Tensor)> = self
+                .w
+                .vs
+                .variables()
+                .into_iter()
+                .filter(|(_, t)| !t.requires_grad())
+                .collect();
+            buffers.sort_by(|a, b| a.0.cmp(&b.0));
+            dp.broadcast(&buffers.into_iter().map(|(_, t)| t).collect::<Vec<_>>())?;
+        }
         let w = &self.w;
         let source = if test { &w.data.test } else { &w.data.val };
         let cmds = &mut self.cmds;

@@ -159,6 +159,8 @@ pub struct App {
     pub want_paused: Option<bool>,
     /// Stop was sent (with `save`).
     pub stopping: Option<bool>,
+    /// When a signal asked for the stop.
+    signalled_at: Option<std::time::Instant>,
     pub dialog: Option<Dialog>,
     pub show_help: bool,
     /// The results box of an ended run is hidden (Esc toggles it).
@@ -232,6 +234,7 @@ impl App {
             engine: EngineState::Starting,
             want_paused: None,
             stopping: None,
+            signalled_at: None,
             dialog: None,
             show_help: false,
             results_hidden: false,
@@ -763,10 +766,14 @@ impl App {
             return None;
         }
         if self.stopping.is_some() {
-            // A second signal while stopping: quit at once, as headless.
-            self.force_quit = true;
+            // A second signal while stopping: quit at once, as headless
+            // (but for the echo of the signal that stopped it, passed on
+            // by a launcher).
+            let echo = self.signalled_at.is_some_and(|t| t.elapsed() < crate::headless::ECHO);
+            self.force_quit |= !echo;
             return None;
         }
+        self.signalled_at = Some(std::time::Instant::now());
         self.log(
             LogKind::Warning,
             format!("signal {sig} received: saving a checkpoint, then stopping (again to quit at once)"),
@@ -1024,11 +1031,15 @@ mod tests {
     }
 
     #[test]
-    fn a_second_signal_while_stopping_forces() {
+    fn a_second_signal_while_stopping_forces_but_not_its_echo() {
         let mut app = App::new();
         assert_eq!(app.on_signal(libc::SIGTERM), Some(Command::Stop { save: true }));
         assert!(!app.forced());
         assert_eq!(app.exit_code(), None, "waits for the engine to save and stop");
+        // The same signal passed on by a launcher: the same stop.
+        assert_eq!(app.on_signal(libc::SIGTERM), None);
+        assert!(!app.forced(), "an echo is not a second signal");
+        app.signalled_at = Some(std::time::Instant::now() - crate::headless::ECHO);
         assert_eq!(app.on_signal(libc::SIGINT), None);
         assert!(app.forced());
         assert_eq!(app.exit_code(), Some(EXIT_SIGINT));

@@ -63,7 +63,7 @@ fn bad_input_is_a_clear_error_with_exit_2() {
         (
             &[],
             &["--nproc-per-node", "2", "--batch-size", "7"],
-            "batch-size = 7 does not split between 2 ranks",
+            "a batch of 7 does not split between 2 ranks",
         ),
         (&[], &["--dist-timeout", "0"], "--dist-timeout"),
     ];

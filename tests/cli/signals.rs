@@ -210,7 +210,7 @@ fn a_second_sigint_quits_at_once() {
         tmp.path().join("data"),
         tmp.path().join("stderr"),
     );
-    // Full-width A at 224x224 on the CPU: one step takes seconds.
+    // Full-width E at 224x224 on the CPU: one step takes seconds.
     write_jpegs(&data, 4, 256);
     let run = runs.join("q");
     let mut args = folder_run(&runs, &data, "q");
@@ -218,6 +218,8 @@ fn a_second_sigint_quits_at_once() {
         [
             "--set",
             "model.width=1",
+            "--set",
+            "model.config=E",
             "--set",
             "data.crop=224",
             "--set",
@@ -233,6 +235,8 @@ fn a_second_sigint_quits_at_once() {
     wait_until("the first signal's answer", 10, || {
         log_has(&log, "again to quit at once")
     });
+    // Sooner, it would be the first one's echo (`headless::ECHO`).
+    std::thread::sleep(vggtrain::headless::ECHO);
     signal(&child, libc::SIGINT);
     assert_eq!(exit_within(&mut child, 3, "the second signal"), 130);
     let events = metrics(&run);

@@ -128,6 +128,45 @@ fn a_signal_to_any_rank_stops_every_rank_and_rank_zero_saves() {
 }
 
 #[test]
+fn the_launcher_passes_sigterm_on_and_every_rank_stops_once() {
+    if !common::have_data() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("faults");
+    let mut launcher = common::bin()
+        .args(tiny(tmp.path(), "faults", 16, 200, 1024))
+        .args(["--nproc-per-node", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    mid_epoch(&run);
+    // To the launcher's process group, as SLURM or a service manager does:
+    // each rank has it twice (directly, and passed on), and stops once.
+    unsafe { libc::kill(launcher.id() as i32, libc::SIGTERM) };
+    for pid in rank_pids(launcher.id()) {
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let (code, err) = ends_within(&mut launcher, 120);
+    assert_eq!(code, 143, "{err}");
+    assert!(
+        !err.contains("quitting now"),
+        "an echo taken for a second signal: {err}"
+    );
+    let events = metrics(&run);
+    let saved = events.iter().rev().find(|e| e["event"] == "checkpoint-saved").unwrap();
+    assert_eq!(saved["reason"], "stop", "{saved}");
+    assert!(events.last().unwrap()["event"] == "finished");
+}
+
+/// The pids of a launcher's ranks (its children).
+fn rank_pids(launcher: u32) -> Vec<i32> {
+    let children = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children")).unwrap();
+    children.split_whitespace().map(|p| p.parse().unwrap()).collect()
+}
+
+#[test]
 fn torchrun_restarts_a_lost_rank_and_the_run_resumes() {
     if !common::have_data() {
         return;

@@ -5,7 +5,7 @@
 use super::free_port;
 use std::{collections::HashMap, time::Duration, time::Instant};
 use tch::Tensor;
-use vggtrain::dist::{ProcessGroup, Rendezvous};
+use vggtrain::dist::{DataParallel, ProcessGroup, Proposal, Rendezvous, Signal};
 
 fn rendezvous(port: u16, rank: usize, world: usize) -> Rendezvous {
     Rendezvous {
@@ -14,6 +14,7 @@ fn rendezvous(port: u16, rank: usize, world: usize) -> Rendezvous {
         rank,
         world,
         local_rank: rank,
+        local_world: 2,
         agent_store: false,
         attempt: 0,
     }
@@ -34,7 +35,8 @@ fn ranks_all_reduce_broadcast_and_meet() {
                 if rank == 0 {
                     pg.store_set("run", "/runs/a").unwrap();
                 }
-                pg.barrier().unwrap();
+                // A collective: rank 1 leaves it after rank 0 came, key set.
+                pg.all_reduce_sum(&mut Tensor::from_slice(&[0.0f32])).unwrap();
                 let stored = (pg.store_get("run").unwrap(), pg.store_get("unset").unwrap());
                 (
                     Vec::<f32>::try_from(&sum).unwrap(),
@@ -101,6 +103,7 @@ fn torchrun_and_slurm_environments_give_the_rendezvous() {
         ("RANK", "3"),
         ("WORLD_SIZE", "4"),
         ("LOCAL_RANK", "1"),
+        ("LOCAL_WORLD_SIZE", "2"),
         ("MASTER_ADDR", "node0"),
         ("MASTER_PORT", "29500"),
         ("TORCHELASTIC_USE_AGENT_STORE", "True"),
@@ -115,6 +118,7 @@ fn torchrun_and_slurm_environments_give_the_rendezvous() {
             rank: 3,
             world: 4,
             local_rank: 1,
+            local_world: 2,
             agent_store: true,
             attempt: 2,
         }
@@ -124,13 +128,14 @@ fn torchrun_and_slurm_environments_give_the_rendezvous() {
         ("SLURM_PROCID", "5"),
         ("SLURM_NTASKS", "8"),
         ("SLURM_LOCALID", "1"),
+        ("SLURM_NTASKS_PER_NODE", "4(x2)"),
         ("MASTER_ADDR", "n1"),
         ("MASTER_PORT", "1234"),
     ];
     let r = Rendezvous::from_env(env(&slurm)).unwrap().unwrap();
     assert_eq!(
-        (r.rank, r.world, r.local_rank, r.agent_store, r.attempt),
-        (5, 8, 1, false, 0)
+        (r.rank, r.world, r.local_rank, r.local_world, r.agent_store, r.attempt),
+        (5, 8, 1, 4, false, 0)
     );
     // What is missing or wrong is named.
     for (vars, want) in [
@@ -176,8 +181,115 @@ fn each_rank_takes_its_own_gpu_where_the_device_is_cuda_or_auto() {
     use vggtrain::engine::rank_device;
     assert_eq!(rank_device("cuda", 1).unwrap(), "cuda:1");
     assert_eq!(rank_device("cpu", 1).unwrap(), "cpu");
-    assert_eq!(rank_device("cuda:3", 1).unwrap(), "cuda:3", "a device named stays");
+    assert_eq!(
+        rank_device("cuda:0", 1).unwrap(),
+        "cuda:1",
+        "rank 0's, saved in the run"
+    );
     let auto = if tch::Cuda::is_available() { "cuda:1" } else { "auto" };
     assert_eq!(rank_device("auto", 1).unwrap(), auto);
     assert!(rank_device("tpu", 0).is_err());
+}
+
+/// Runs `f` as each of 2 ranks (threads) of a data-parallel group.
+fn two_ranks<T: Send + 'static>(f: fn(&mut DataParallel) -> T) -> Vec<T> {
+    let port = free_port();
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            std::thread::spawn(move || {
+                let pg = ProcessGroup::join(&rendezvous(port, rank, 2), Duration::from_secs(30)).unwrap();
+                f(&mut DataParallel::new(pg))
+            })
+        })
+        .collect();
+    ranks.into_iter().map(|r| r.join().unwrap()).collect()
+}
+
+#[test]
+fn ranks_start_from_rank_zeros_weights_and_sum_their_gradients() {
+    let out = two_ranks(|dp| {
+        let r = dp.rank() as f32;
+        // Weights of each rank's own; rank 0's win.
+        let w = Tensor::from_slice(&[r + 1.0, 10.0 * r]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[5.0 + r]).set_requires_grad(true);
+        dp.broadcast(&[w.shallow_clone(), b.shallow_clone()]).unwrap();
+        // Each rank's gradient is (rank + 1) for every weight.
+        let k = f64::from(r) + 1.0;
+        ((&w * k).sum(tch::Kind::Float) + (&b * k).sum(tch::Kind::Float)).backward();
+        let mut stats = Tensor::from_slice(&[r as f64, 1.0]);
+        dp.reduce(&[w.shallow_clone(), b.shallow_clone()], &mut stats).unwrap();
+        (
+            Vec::<f32>::try_from(w.detach()).unwrap(),
+            Vec::<f32>::try_from(b.detach()).unwrap(),
+            Vec::<f32>::try_from(w.grad()).unwrap(),
+            Vec::<f32>::try_from(b.grad()).unwrap(),
+            Vec::<f64>::try_from(&stats).unwrap(),
+        )
+    });
+    for (w, b, gw, gb, stats) in out {
+        assert_eq!((w, b), (vec![1.0, 0.0], vec![5.0]), "rank 0's weights");
+        assert_eq!(
+            (gw, gb),
+            (vec![3.0, 3.0], vec![3.0]),
+            "1 + 2: the ranks' gradients summed"
+        );
+        assert_eq!(stats, [1.0, 2.0]);
+    }
+}
+
+#[test]
+fn ranks_agree_on_rank_zeros_schedule_and_any_ranks_stop() {
+    let out = two_ranks(|dp| {
+        let lead = dp.rank() == 0;
+        let propose = |signal, images| Proposal {
+            lr: if lead { 0.01 } else { 0.5 },
+            decays_used: if lead { 1 } else { 7 },
+            since_best: if lead { 2 } else { 9 },
+            signal,
+            images,
+            skipped: 1,
+        };
+        let go = dp.agree(&propose(Signal::Go, 4)).unwrap();
+        let paused = dp
+            .agree(&propose(if lead { Signal::Paused } else { Signal::Go }, 0))
+            .unwrap();
+        // Rank 1 asks to stop (a signal) while rank 0 is paused.
+        let stop = dp
+            .agree(&propose(
+                if lead {
+                    Signal::Paused
+                } else {
+                    Signal::Stop { save: false }
+                },
+                0,
+            ))
+            .unwrap();
+        let shares = (dp.share(&[0, 1, 2, 3, 4]), dp.shard(5));
+        // Ranks that resumed from other checkpoints are refused.
+        let same = dp.check_same_start([100, 7]).is_ok();
+        let differ = dp
+            .check_same_start([100 + dp.rank() as i64, 7])
+            .err()
+            .map(|e| format!("{e:#}"));
+        (go, paused, stop, shares, same, differ)
+    });
+    for (rank, (go, paused, stop, shares, same, differ)) in out.into_iter().enumerate() {
+        assert_eq!(
+            (go.lr, go.decays_used, go.since_best),
+            (0.01, 1, 2),
+            "rank 0's schedule"
+        );
+        assert_eq!((go.signal, go.images, go.skipped), (Signal::Go, 8, 2));
+        assert_eq!(paused.signal, Signal::Paused);
+        assert_eq!(stop.signal, Signal::Stop { save: true }, "a signal's stop saves");
+        let want = if rank == 0 {
+            (vec![0, 1], vec![0, 2, 4])
+        } else {
+            (vec![2, 3, 4], vec![1, 3])
+        };
+        assert_eq!(shares, want, "rank {rank}'s part of a batch, and of a split");
+        assert!(same);
+        let differ = differ.expect("a different start is an error on every rank");
+        assert!(differ.contains("start from another place than rank 0"), "{differ}");
+    }
 }

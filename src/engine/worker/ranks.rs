@@ -4,33 +4,35 @@
 //! the face's commands alone.
 use super::{Boundary, Flow, Run, HEARTBEAT};
 use crate::control::{Event, LrCause};
-use crate::dist::{Agreed, Proposal, Signal};
+use crate::dist::{Agreed, DataParallel, Proposal, Signal};
+use crate::engine::batches::Batch;
 use anyhow::Result;
 use tch::Tensor;
 
 impl Run<'_> {
     /// Whether this process owns the run (the only one, or rank 0).
     pub(super) fn leader(&self) -> bool {
-        self.dp.as_ref().is_none_or(|dp| dp.rank() == 0)
+        crate::dist::leads(self.dp.as_ref())
     }
 
     /// Every rank resumed from the same step of the same network, and
-    /// takes rank 0's weights; the run's world size is recorded (a resume
-    /// on another is not exact: each rank's randomness is its own).
-    /// Notes what it did in `notes`.
+    /// takes rank 0's weights (noted in `notes`); the run's world size is
+    /// recorded, and a resume on another said not to be exact (each rank's
+    /// randomness is its own).
     pub(super) fn join_ranks(&mut self, notes: &mut Vec<Event>) -> Result<()> {
-        let Some(dp) = &self.dp else {
-            return Ok(());
-        };
-        let (world, state) = (dp.world(), &self.w.state);
-        dp.check_same_start([state.global_step as i64, self.w.model.spec.parameter_count()])?;
-        let mut vars: Vec<(String, Tensor)> = self.w.vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let tensors: Vec<Tensor> = vars.into_iter().map(|(_, t)| t).collect();
-        dp.broadcast(&tensors)?;
-        notes.push(Event::Log {
-            message: format!("data-parallel: {}", dp.describe(self.w.batches.device.is_cuda())),
-        });
+        let world = self.dp.as_ref().map_or(1, DataParallel::world);
+        if let Some(dp) = &self.dp {
+            let state = &self.w.state;
+            dp.check_same_start([state.global_step as i64, self.w.model.spec.parameter_count()])?;
+            let mut vars: Vec<(String, Tensor)> = self.w.vs.variables().into_iter().collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            let tensors: Vec<Tensor> = vars.into_iter().map(|(_, t)| t).collect();
+            dp.broadcast(&tensors)?;
+            notes.push(Event::Log {
+                message: format!("data-parallel: {}", dp.describe(self.w.batches.device.is_cuda())),
+            });
+        }
+        let state = &mut self.w.state;
         if state.global_step > 0 && state.world != world {
             let message = format!(
                 "warning: this run trained on {} rank(s) and resumes on {world}: each rank's dropout and \
@@ -39,18 +41,20 @@ impl Run<'_> {
             );
             notes.push(Event::Log { message });
         }
-        self.w.state.world = world;
+        state.world = world;
         Ok(())
     }
 
     /// The step boundary after `poll`: alone, its flow; with other ranks,
     /// what they agree on (rank 0's schedule and pause, a stop from any
-    /// rank, the whole batch's images). `waiting`: rank 0 is paused.
-    pub(super) fn boundary(&mut self, flow: Flow, waiting: bool, images: usize) -> Result<Boundary> {
+    /// rank, the whole batch's images and those left out). `batch`: this
+    /// rank's, if it has one; `waiting`: rank 0 is paused.
+    pub(super) fn boundary(&mut self, flow: Flow, waiting: bool, batch: Option<&Batch>) -> Result<Boundary> {
+        let (images, skipped) = batch.map_or((0, 0), |b| (b.len(), b.skipped));
         let Some(dp) = &self.dp else {
             return Ok(match flow {
                 Flow::Stop { save } => Boundary::Stop { save },
-                Flow::Continue => Boundary::Go { images },
+                Flow::Continue => Boundary::Go { images, skipped },
             });
         };
         let s = &self.w.state.schedule;
@@ -65,6 +69,7 @@ impl Run<'_> {
             since_best: s.since_best,
             signal,
             images,
+            skipped,
         })?;
         if !self.leader() {
             self.follow(&agreed);
@@ -83,7 +88,10 @@ impl Run<'_> {
                 }
                 Boundary::Wait
             }
-            Signal::Go => Boundary::Go { images: agreed.images },
+            Signal::Go => Boundary::Go {
+                images: agreed.images,
+                skipped: agreed.skipped,
+            },
         })
     }
 

@@ -87,28 +87,27 @@ impl Run<'_> {
                     ),
                 };
             }
-            let local = held.as_ref().map_or(0, Batch::len);
-            let images = match self.boundary(flow, waiting, local)? {
+            let (images, skipped) = match self.boundary(flow, waiting, held.as_ref())? {
                 Boundary::Stop { save } => {
                     self.stop(save)?;
                     return Ok(false);
                 }
                 Boundary::Wait => continue,
-                Boundary::Go { images } => images,
+                Boundary::Go { images, skipped } => (images, skipped),
             };
             let b = held.take().expect("a batch unless stopping or waiting");
+            self.skipped += skipped;
             self.learn(b, images, &mut window)?;
         }
         Ok(true)
     }
 
     /// One step on this rank's `b` of a batch of `images`, and its event
-    /// when one is due.
+    /// when one is due (the first undecodable image's error is this rank's).
     fn learn(&mut self, b: Batch, images: usize, window: &mut Window) -> Result<()> {
         let (seed, epoch, step) = (self.w.cfg.train.seed, self.w.state.epoch, self.w.state.step);
         let rank = self.dp.as_ref().map_or(0, DataParallel::rank);
         tch::manual_seed(rank_seed(step_seed(seed, epoch, step), rank));
-        self.skipped += b.skipped;
         if self.bad.is_none() {
             self.bad = b.bad.clone();
         }
