@@ -27,6 +27,35 @@ pub const EXIT_SIGTERM: i32 = 143;
 /// through its launcher (vggtrain's, torchrun, SLURM's srun).
 pub const ECHO: Duration = Duration::from_secs(1);
 
+/// What a SIGINT or SIGTERM asks for, by when the last one came.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Asked {
+    /// The first: save, then stop.
+    Stop,
+    /// The first one's echo (within `ECHO`): nothing more.
+    Echo,
+    /// A second: quit at once.
+    Quit,
+}
+
+/// When the first stop signal came, if one did.
+#[derive(Default)]
+pub struct Stopping(pub(crate) Option<Instant>);
+
+impl Stopping {
+    /// A stop signal came: what it asks for.
+    pub fn signal(&mut self) -> Asked {
+        match self.0 {
+            Some(t) if t.elapsed() < ECHO => Asked::Echo,
+            Some(_) => Asked::Quit,
+            None => {
+                self.0 = Some(Instant::now());
+                Asked::Stop
+            }
+        }
+    }
+}
+
 /// Seconds between step lines.
 const STEP_LINE_EVERY: Duration = Duration::from_secs(5);
 
@@ -234,17 +263,20 @@ impl Preparing {
 /// stops every rank (rank 0 saves); a second quits at once.
 pub fn follow(handle: EngineHandle, signals: StopSignals, rank: usize) -> i32 {
     let mut code = EXIT_OK;
-    let mut stopping: Option<Instant> = None;
+    let mut stopping = Stopping::default();
     loop {
         for (f, c) in [(&signals.int, EXIT_SIGINT), (&signals.term, EXIT_SIGTERM)] {
-            if !f.swap(false, Ordering::SeqCst) || stopping.is_some_and(|t| t.elapsed() < ECHO) {
+            if !f.swap(false, Ordering::SeqCst) {
                 continue;
             }
-            if stopping.is_some() {
-                exit_now(code);
+            match stopping.signal() {
+                Asked::Echo => {}
+                Asked::Quit => exit_now(code),
+                Asked::Stop => {
+                    code = c;
+                    handle.send(Command::Stop { save: true });
+                }
             }
-            (stopping, code) = (Some(Instant::now()), c);
-            handle.send(Command::Stop { save: true });
         }
         match handle.events.recv_timeout(Duration::from_millis(100)) {
             Ok(Event::Failed { message }) => {
@@ -265,7 +297,7 @@ pub fn follow(handle: EngineHandle, signals: StopSignals, rank: usize) -> i32 {
 pub fn run(handle: EngineHandle, progress: Progress, signals: StopSignals) -> i32 {
     let StopSignals { int, term, usr1 } = signals;
     let mut code = EXIT_OK;
-    let mut stopping: Option<Instant> = None;
+    let mut stopping = Stopping::default();
     let mut out = Out::new(progress);
     // The GPU's memory, for the epoch lines (nothing on the CPU or without NVML).
     let gpus = crate::gpu::watch(handle.device);
@@ -281,18 +313,22 @@ pub fn run(handle: EngineHandle, progress: Progress, signals: StopSignals) -> i3
             handle.send(Command::SaveCheckpoint);
         }
         for (f, c) in [(&int, EXIT_SIGINT), (&term, EXIT_SIGTERM)] {
-            if !f.swap(false, Ordering::SeqCst) || stopping.is_some_and(|t| t.elapsed() < ECHO) {
+            if !f.swap(false, Ordering::SeqCst) {
                 continue;
             }
-            if stopping.is_some() {
-                out.line("second signal: quitting now; the run resumes from its last checkpoint");
-                crate::engine::run_dir::abandon(&handle.run_dir);
-                exit_now(code);
+            match stopping.signal() {
+                Asked::Echo => {}
+                Asked::Quit => {
+                    out.line("second signal: quitting now; the run resumes from its last checkpoint");
+                    crate::engine::run_dir::abandon(&handle.run_dir);
+                    exit_now(code);
+                }
+                Asked::Stop => {
+                    code = c;
+                    out.line("signal received: saving a checkpoint, then stopping (again to quit at once)");
+                    handle.send(Command::Stop { save: true });
+                }
             }
-            stopping = Some(Instant::now());
-            code = c;
-            out.line("signal received: saving a checkpoint, then stopping (again to quit at once)");
-            handle.send(Command::Stop { save: true });
         }
         let event = match handle.events.recv_timeout(Duration::from_millis(100)) {
             Ok(e) => e,

@@ -330,11 +330,7 @@ pub fn bench(a: &crate::cli::BenchCli) -> Result<()> {
             }
         }
         crate::dist::Role::Rank(r) => {
-            let device = engine::rank_device(&a.device, r.local_rank)?;
-            let cuda = engine::resolve_device(&device)?.is_cuda();
-            if let Some(n) = crate::dist::threads_per_rank(0, cuda, r.local_world) {
-                tch::set_num_threads(n);
-            }
+            let device = crate::dist::settle_rank(&a.device, 0, &r)?;
             let (r, mut dp) = crate::dist::join(r, timeout)?;
             let report = crate::bench::parallel(&crate::bench::BenchArgs { device, ..args }, &mut dp)?;
             match (r.rank, a.json) {

@@ -126,13 +126,9 @@ fn meet(r: Rendezvous, args: &mut TrainArgs, timeout: Duration) -> Result<(Rende
 /// downloads.
 fn rank_config(config: &mut Config, r: &Rendezvous) -> Result<()> {
     dist::check_batch(config.train.batch_size, r.world)?;
-    config.train.device = engine::rank_device(&config.train.device, r.local_rank)?;
+    config.train.device = dist::settle_rank(&config.train.device, config.train.threads, r)?;
     if r.rank > 0 {
         config.data.download = false;
-    }
-    let cuda = engine::resolve_device(&config.train.device)?.is_cuda();
-    if let Some(n) = dist::threads_per_rank(config.train.threads, cuda, r.local_world) {
-        tch::set_num_threads(n);
     }
     Ok(())
 }

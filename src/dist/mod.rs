@@ -13,7 +13,7 @@
 pub mod launch;
 mod parallel;
 
-pub use parallel::{Agreed, DataParallel, Proposal, Signal};
+pub use parallel::{DataParallel, Signal, Terms};
 
 use anyhow::{bail, Context, Result};
 use std::{
@@ -152,12 +152,27 @@ pub fn role(nproc: Option<u16>) -> Result<Role> {
     })
 }
 
-/// libtorch's threads for a rank on the CPU: the machine's cores split
-/// between its `local_world` ranks, unless `train.threads` (`configured`)
-/// says (None: leave them be).
-pub fn threads_per_rank(configured: i32, cuda: bool, local_world: usize) -> Option<i32> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (configured == 0 && !cuda).then(|| (cores / local_world.max(1)).max(1) as i32)
+/// A rank's device: its own GPU (LOCAL_RANK) wherever the configured one
+/// is CUDA (`cuda`, any `cuda:N`, which rank 0 saved in the run, or `auto`
+/// on a machine with CUDA); else as configured.
+pub fn rank_device(configured: &str, local_rank: usize) -> Result<String> {
+    Ok(match crate::engine::parse_device(configured)? {
+        None if !tch::Cuda::is_available() => configured.to_owned(),
+        None | Some(tch::Device::Cuda(_)) => format!("cuda:{local_rank}"),
+        Some(_) => configured.to_owned(),
+    })
+}
+
+/// A rank's device (see `rank_device`) and, on the CPU, its share of the
+/// machine's cores, set in libtorch unless `threads` (train.threads) says.
+pub fn settle_rank(device: &str, threads: i32, r: &Rendezvous) -> Result<String> {
+    let device = rank_device(device, r.local_rank)?;
+    let cuda = crate::engine::resolve_device(&device)?.is_cuda();
+    if threads == 0 && !cuda {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tch::set_num_threads((cores / r.local_world.max(1)).max(1) as i32);
+    }
+    Ok(device)
 }
 
 /// Whether this process owns the run: it trains alone, or is rank 0.

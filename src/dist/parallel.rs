@@ -30,28 +30,18 @@ pub enum Signal {
     },
 }
 
-/// What one rank brings to a step boundary. Only rank 0's schedule counts.
-#[derive(Clone, Copy, Debug)]
-pub struct Proposal {
-    pub lr: f64,
-    pub decays_used: u32,
-    pub since_best: u32,
-    pub signal: Signal,
-    /// Images of this rank's share of the step's batch, and its images
-    /// that could not be decoded (left out).
-    pub images: usize,
-    pub skipped: usize,
-}
-
-/// What the ranks agreed on: rank 0's schedule and signal (a stop when any
-/// rank asked for one), and the images of the whole batch (and those of it
-/// left out).
+/// The terms of a step: what one rank brings to the step boundary (its
+/// own images; only rank 0's schedule counts), and what the ranks agree on
+/// (`agree`: rank 0's schedule and signal, a stop when any rank asked for
+/// one, the images of the whole batch).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Agreed {
+pub struct Terms {
     pub lr: f64,
     pub decays_used: u32,
     pub since_best: u32,
     pub signal: Signal,
+    /// Images of the batch, and those of them that could not be decoded
+    /// (left out).
     pub images: usize,
     pub skipped: usize,
 }
@@ -106,14 +96,7 @@ impl DataParallel {
 
     /// Gives every rank rank 0's values of `tensors`, in place.
     pub fn broadcast(&self, tensors: &[Tensor]) -> Result<()> {
-        tch::no_grad(|| {
-            for bucket in buckets(tensors) {
-                let mut flat = flatten(bucket);
-                self.group.broadcast(&mut flat, 0)?;
-                unflatten(&flat, bucket);
-            }
-            Ok(())
-        })
+        bucketed(tensors, |flat| self.group.broadcast(flat, 0))
     }
 
     /// Sums the gradients of `params` over the ranks, and `stats` with
@@ -124,14 +107,8 @@ impl DataParallel {
         if grads.iter().any(|g| !g.defined()) {
             bail!("a parameter has no gradient to reduce");
         }
-        tch::no_grad(|| -> Result<()> {
-            for bucket in buckets(&grads) {
-                let mut flat = flatten(bucket);
-                self.group.all_reduce_sum(&mut flat)?;
-                unflatten(&flat, bucket);
-            }
-            self.group.all_reduce_sum(stats)
-        })?;
+        bucketed(&grads, |flat| self.group.all_reduce_sum(flat))?;
+        self.group.all_reduce_sum(stats)?;
         self.reduce_time += started.elapsed();
         Ok(())
     }
@@ -141,9 +118,9 @@ impl DataParallel {
         self.group.all_reduce_sum(t)
     }
 
-    /// The step boundary: every rank brings its proposal, all leave with
-    /// the same agreement.
-    pub fn agree(&self, p: &Proposal) -> Result<Agreed> {
+    /// The step boundary: every rank brings its terms, all leave with the
+    /// same agreed ones.
+    pub fn agree(&self, p: &Terms) -> Result<Terms> {
         let leader = self.rank() == 0;
         let (code, stop) = match p.signal {
             Signal::Go => (0.0, 0.0),
@@ -175,7 +152,7 @@ impl DataParallel {
             1 => Signal::Paused,
             _ => Signal::Go,
         };
-        Ok(Agreed {
+        Ok(Terms {
             lr: v[0],
             decays_used: v[1] as u32,
             since_best: v[2] as u32,
@@ -232,6 +209,19 @@ impl DataParallel {
     pub fn published_run(&self) -> Result<Option<std::path::PathBuf>> {
         Ok(self.group.store_get(RUN_KEY)?.map(Into::into))
     }
+}
+
+/// Runs the collective `op` on `tensors` a flat bucket at a time, each
+/// tensor taking its part of the result in place.
+fn bucketed(tensors: &[Tensor], op: impl Fn(&mut Tensor) -> Result<()>) -> Result<()> {
+    tch::no_grad(|| {
+        for bucket in buckets(tensors) {
+            let mut flat = flatten(bucket);
+            op(&mut flat)?;
+            unflatten(&flat, bucket);
+        }
+        Ok(())
+    })
 }
 
 /// Consecutive tensors of at most `BUCKET_BYTES` (one alone may pass it).

@@ -1,8 +1,8 @@
 //! The commands of the faces, as the engine takes them: the face's first,
 //! then the attached clients' (through a bounded queue).
 use crate::control::Command;
-use crossbeam_channel::{never, select, Receiver};
-use std::collections::VecDeque;
+use crossbeam_channel::{never, Receiver, Select};
+use std::{collections::VecDeque, time::Duration};
 
 /// Commands held while a pass looks for a stop request, at most.
 const PENDING: usize = 1024;
@@ -55,23 +55,11 @@ impl Commands {
     }
 
     /// Waits up to `timeout` for a command to arrive (it stays queued).
-    pub fn wait_for(&mut self, timeout: std::time::Duration) {
-        if !self.pending.is_empty() {
-            return;
-        }
-        let none = never();
-        let face = if self.face_open { &self.face } else { &none };
-        let clients = if self.clients_open { &self.clients } else { &none };
-        select! {
-            recv(face) -> c => match c {
-                Ok(c) => self.pending.push_back(c),
-                Err(_) => self.face_open = false,
-            },
-            recv(clients) -> c => match c {
-                Ok(c) => self.pending.push_back(c),
-                Err(_) => self.clients_open = false,
-            },
-            default(timeout) => {}
+    pub fn wait_for(&mut self, timeout: Duration) {
+        if self.pending.is_empty() {
+            if let Some(c) = self.receive(Some(timeout)) {
+                self.pending.push_back(c);
+            }
         }
     }
 
@@ -80,21 +68,38 @@ impl Commands {
         if let Some(c) = self.pending.pop_front() {
             return Some(c);
         }
-        let none = never();
-        while self.face_open || self.clients_open {
-            let face = if self.face_open { &self.face } else { &none };
-            let clients = if self.clients_open { &self.clients } else { &none };
-            select! {
-                recv(face) -> c => match c {
-                    Ok(c) => return Some(c),
-                    Err(_) => self.face_open = false,
-                },
-                recv(clients) -> c => match c {
-                    Ok(c) => return Some(c),
-                    Err(_) => self.clients_open = false,
-                },
+        while !self.closed() {
+            if let Some(c) = self.receive(None) {
+                return Some(c);
             }
         }
         None
+    }
+
+    /// A command from the open sources within `timeout` (None: until one
+    /// comes or a source closes, which is left).
+    fn receive(&mut self, timeout: Option<Duration>) -> Option<Command> {
+        let none = never();
+        let face = if self.face_open { &self.face } else { &none };
+        let clients = if self.clients_open { &self.clients } else { &none };
+        let mut select = Select::new();
+        let from_face = select.recv(face);
+        select.recv(clients);
+        let op = match timeout {
+            Some(t) => select.select_timeout(t).ok()?,
+            None => select.select(),
+        };
+        let from_face = op.index() == from_face;
+        match op.recv(if from_face { face } else { clients }) {
+            Ok(c) => Some(c),
+            Err(_) if from_face => {
+                self.face_open = false;
+                None
+            }
+            Err(_) => {
+                self.clients_open = false;
+                None
+            }
+        }
     }
 }

@@ -64,17 +64,6 @@ pub fn resolve_device(s: &str) -> Result<Device> {
     }
 }
 
-/// A rank's device: its own GPU (LOCAL_RANK) wherever the configured one
-/// is CUDA (`cuda`, any `cuda:N`, which rank 0 saved in the run, or `auto`
-/// on a machine with CUDA); else as configured.
-pub fn rank_device(configured: &str, local_rank: usize) -> Result<String> {
-    Ok(match parse_device(configured)? {
-        None if !tch::Cuda::is_available() => configured.to_owned(),
-        None | Some(Device::Cuda(_)) => format!("cuda:{local_rank}"),
-        Some(_) => configured.to_owned(),
-    })
-}
-
 /// CUDA device names from nvidia-smi (libtorch's C API has none).
 pub fn cuda_names() -> Vec<String> {
     std::process::Command::new("nvidia-smi")
@@ -146,13 +135,12 @@ pub fn train_step(
         Some(r) => {
             let mut both = Tensor::stack(&[loss, correct], 0);
             r.dp.reduce(&sgd.params(), &mut both)?;
-            both.unbind(0)
+            (both.get(0), both.get(1))
         }
-        None => vec![loss, correct],
+        None => (loss, correct),
     };
     sgd.step(lr);
-    let [loss, correct]: [Tensor; 2] = sums.try_into().expect("two sums");
-    Ok((loss, correct))
+    Ok(sums)
 }
 
 /// A step of one process at lr 1e-3 (bench): its summed loss.

@@ -122,6 +122,13 @@ struct Run<'a> {
 }
 
 impl Worker {
+    /// The network's variables (weights and buffers) by name, sorted.
+    fn variables(&self) -> Vec<(String, Tensor)> {
+        let mut all: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     /// Trains the run; with `dp`, as one of its ranks: rank 0 owns the run
     /// directory, the checkpoints and the faces, and its faces' commands
     /// reach the others at a step boundary; every rank takes its share of
@@ -287,8 +294,7 @@ impl Run<'_> {
         let written = match same_step {
             Some((s, same)) if *s == step => checkpoint::link_atomic(same, &path),
             _ => {
-                let mut weights: Vec<(String, Tensor)> = self.w.vs.variables().into_iter().collect();
-                weights.sort_by(|a, b| a.0.cmp(&b.0));
+                let weights = self.w.variables();
                 checkpoint::save(&path, &weights, &self.w.sgd.buffers(), &self.w.state, &self.w.card)
             }
         };
@@ -433,20 +439,7 @@ impl Run<'_> {
     /// sum the counts; they finish the pass (a stop waits for the next
     /// step boundary).
     fn evaluate(&mut self, test: bool) -> Result<Option<EvalResult>> {
-        if let Some(dp) = &self.dp {
-            // Every rank evaluates with rank 0's buffers (batch-norm
-            // statistics, which each rank updated on its own images), the
-            // ones its checkpoints hold.
-            let mut buffers: Vec<(String, Tensor)> = self
-                .w
-                .vs
-                .variables()
-                .into_iter()
-                .filter(|(_, t)| !t.requires_grad())
-                .collect();
-            buffers.sort_by(|a, b| a.0.cmp(&b.0));
-            dp.broadcast(&buffers.into_iter().map(|(_, t)| t).collect::<Vec<_>>())?;
-        }
+        self.take_rank0_buffers()?;
         let w = &self.w;
         let source = if test { &w.data.test } else { &w.data.val };
         let cmds = &mut self.cmds;
@@ -458,10 +451,12 @@ impl Run<'_> {
             batches: &w.batches,
             chunk: w.cfg.train.batch_size as usize,
         };
-        let (images, mut stop): (Vec<usize>, Box<dyn FnMut() -> bool>) = match &self.dp {
-            Some(dp) => (dp.shard(source.len()), Box::new(|| false)),
-            None => ((0..source.len()).collect(), Box::new(|| cmds.stop_requested())),
+        let images = match &self.dp {
+            Some(dp) => dp.shard(source.len()),
+            None => (0..source.len()).collect(),
         };
+        let alone = self.dp.is_none();
+        let mut stop = || alone && cmds.stop_requested();
         let protocol = Protocol::single(w.card.test_scale);
         let Some(mut metrics) = eval::measure(&[member], source, &images, &protocol, &run, &mut stop, &mut |_| {})?
         else {

@@ -160,7 +160,7 @@ pub struct App {
     /// Stop was sent (with `save`).
     pub stopping: Option<bool>,
     /// When a signal asked for the stop.
-    signalled_at: Option<std::time::Instant>,
+    signals: crate::headless::Stopping,
     pub dialog: Option<Dialog>,
     pub show_help: bool,
     /// The results box of an ended run is hidden (Esc toggles it).
@@ -234,7 +234,7 @@ impl App {
             engine: EngineState::Starting,
             want_paused: None,
             stopping: None,
-            signalled_at: None,
+            signals: Default::default(),
             dialog: None,
             show_help: false,
             results_hidden: false,
@@ -765,15 +765,14 @@ impl App {
             self.quit = true;
             return None;
         }
+        let asked = self.signals.signal();
         if self.stopping.is_some() {
-            // A second signal while stopping: quit at once, as headless
-            // (but for the echo of the signal that stopped it, passed on
-            // by a launcher).
-            let echo = self.signalled_at.is_some_and(|t| t.elapsed() < crate::headless::ECHO);
-            self.force_quit |= !echo;
+            // A second signal while stopping (by a key, or a signal): quit
+            // at once, as headless, but for the echo of the signal that
+            // stopped it, passed on by a launcher.
+            self.force_quit |= asked != crate::headless::Asked::Echo;
             return None;
         }
-        self.signalled_at = Some(std::time::Instant::now());
         self.log(
             LogKind::Warning,
             format!("signal {sig} received: saving a checkpoint, then stopping (again to quit at once)"),
@@ -1039,7 +1038,7 @@ mod tests {
         // The same signal passed on by a launcher: the same stop.
         assert_eq!(app.on_signal(libc::SIGTERM), None);
         assert!(!app.forced(), "an echo is not a second signal");
-        app.signalled_at = Some(std::time::Instant::now() - crate::headless::ECHO);
+        app.signals = crate::headless::Stopping(Some(std::time::Instant::now() - crate::headless::ECHO));
         assert_eq!(app.on_signal(libc::SIGINT), None);
         assert!(app.forced());
         assert_eq!(app.exit_code(), Some(EXIT_SIGINT));

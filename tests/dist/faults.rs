@@ -2,24 +2,46 @@
 //! error, and the run resumes from its newest checkpoint.
 use super::{common, metrics, rank_process, tiny};
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
-/// Starts 2 ranks of a long run (as a launcher would), with the timeout.
-fn two_ranks(runs: &Path, timeout: &str) -> (Child, Child) {
+/// Two ranks of a long run, started as a launcher would (the run's
+/// temporary folder lives as long as `_tmp`: keep it bound).
+struct TwoRanks {
+    _tmp: tempfile::TempDir,
+    run: PathBuf,
+    rank0: Child,
+    rank1: Child,
+}
+
+/// Starts 2 ranks of a long run with the timeout, and waits until they are
+/// into its second epoch; None without the data (see `common::have_data`).
+fn two_ranks_mid_epoch(timeout: &str) -> Option<TwoRanks> {
+    if !common::have_data() {
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
     let port = super::free_port();
     let start = |rank| {
         rank_process(rank, 2, port)
-            .args(tiny(runs, "faults", 16, 200, 1024))
+            .args(tiny(tmp.path(), "faults", 16, 200, 1024))
             .args(["--dist-timeout", timeout])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
-    (start(0), start(1))
+    let (rank0, rank1) = (start(0), start(1));
+    let run = tmp.path().join("faults");
+    mid_epoch(&run);
+    Some(TwoRanks {
+        _tmp: tmp,
+        run,
+        rank0,
+        rank1,
+    })
 }
 
 /// Waits for the first checkpoint, then a little into the next epoch.
@@ -51,13 +73,15 @@ fn ends_within(rank: &mut Child, secs: u64) -> (i32, String) {
 
 #[test]
 fn a_killed_rank_ends_the_run_with_an_error_and_the_run_resumes() {
-    if !common::have_data() {
+    let Some(TwoRanks {
+        run,
+        mut rank0,
+        mut rank1,
+        _tmp,
+    }) = two_ranks_mid_epoch("60")
+    else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let run = tmp.path().join("faults");
-    let (mut rank0, mut rank1) = two_ranks(tmp.path(), "60");
-    mid_epoch(&run);
+    };
     unsafe { libc::kill(rank1.id() as i32, libc::SIGKILL) };
     let _ = rank1.wait();
     let (code, err) = ends_within(&mut rank0, 60);
@@ -90,13 +114,15 @@ fn a_killed_rank_ends_the_run_with_an_error_and_the_run_resumes() {
 
 #[test]
 fn a_hung_rank_ends_the_run_within_the_timeout() {
-    if !common::have_data() {
+    let Some(TwoRanks {
+        run: _,
+        mut rank0,
+        mut rank1,
+        _tmp,
+    }) = two_ranks_mid_epoch("5")
+    else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let run = tmp.path().join("faults");
-    let (mut rank0, mut rank1) = two_ranks(tmp.path(), "5");
-    mid_epoch(&run);
+    };
     unsafe { libc::kill(rank1.id() as i32, libc::SIGSTOP) };
     let (code, err) = ends_within(&mut rank0, 60);
     let _ = rank1.kill();
@@ -108,13 +134,15 @@ fn a_hung_rank_ends_the_run_within_the_timeout() {
 
 #[test]
 fn a_signal_to_any_rank_stops_every_rank_and_rank_zero_saves() {
-    if !common::have_data() {
+    let Some(TwoRanks {
+        run,
+        mut rank0,
+        mut rank1,
+        _tmp,
+    }) = two_ranks_mid_epoch("60")
+    else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let run = tmp.path().join("faults");
-    let (mut rank0, mut rank1) = two_ranks(tmp.path(), "60");
-    mid_epoch(&run);
+    };
     unsafe { libc::kill(rank1.id() as i32, libc::SIGTERM) };
     let (code, err) = ends_within(&mut rank0, 60);
     assert_eq!(code, 0, "rank 0 stops as asked: {err}");

@@ -5,7 +5,7 @@
 use super::free_port;
 use std::{collections::HashMap, time::Duration, time::Instant};
 use tch::Tensor;
-use vggtrain::dist::{DataParallel, ProcessGroup, Proposal, Rendezvous, Signal};
+use vggtrain::dist::{DataParallel, ProcessGroup, Rendezvous, Signal, Terms};
 
 fn rendezvous(port: u16, rank: usize, world: usize) -> Rendezvous {
     Rendezvous {
@@ -178,7 +178,7 @@ fn torchrun_and_slurm_environments_give_the_rendezvous() {
 
 #[test]
 fn each_rank_takes_its_own_gpu_where_the_device_is_cuda_or_auto() {
-    use vggtrain::engine::rank_device;
+    use vggtrain::dist::rank_device;
     assert_eq!(rank_device("cuda", 1).unwrap(), "cuda:1");
     assert_eq!(rank_device("cpu", 1).unwrap(), "cpu");
     assert_eq!(
@@ -241,7 +241,7 @@ fn ranks_start_from_rank_zeros_weights_and_sum_their_gradients() {
 fn ranks_agree_on_rank_zeros_schedule_and_any_ranks_stop() {
     let out = two_ranks(|dp| {
         let lead = dp.rank() == 0;
-        let propose = |signal, images| Proposal {
+        let propose = |signal, images| Terms {
             lr: if lead { 0.01 } else { 0.5 },
             decays_used: if lead { 1 } else { 7 },
             since_best: if lead { 2 } else { 9 },

@@ -4,7 +4,7 @@
 //! the face's commands alone.
 use super::{Boundary, Flow, Run, HEARTBEAT};
 use crate::control::{Event, LrCause};
-use crate::dist::{Agreed, DataParallel, Proposal, Signal};
+use crate::dist::{DataParallel, Signal, Terms};
 use crate::engine::batches::Batch;
 use anyhow::Result;
 use tch::Tensor;
@@ -24,10 +24,8 @@ impl Run<'_> {
         if let Some(dp) = &self.dp {
             let state = &self.w.state;
             dp.check_same_start([state.global_step as i64, self.w.model.spec.parameter_count()])?;
-            let mut vars: Vec<(String, Tensor)> = self.w.vs.variables().into_iter().collect();
-            vars.sort_by(|a, b| a.0.cmp(&b.0));
-            let tensors: Vec<Tensor> = vars.into_iter().map(|(_, t)| t).collect();
-            dp.broadcast(&tensors)?;
+            let all: Vec<Tensor> = self.w.variables().into_iter().map(|(_, t)| t).collect();
+            dp.broadcast(&all)?;
             notes.push(Event::Log {
                 message: format!("data-parallel: {}", dp.describe(self.w.batches.device.is_cuda())),
             });
@@ -43,6 +41,22 @@ impl Run<'_> {
         }
         state.world = world;
         Ok(())
+    }
+
+    /// Before an evaluation every rank takes rank 0's buffers (batch-norm
+    /// statistics, which each rank updated on its own images), the ones
+    /// its checkpoints hold.
+    pub(super) fn take_rank0_buffers(&self) -> Result<()> {
+        let Some(dp) = &self.dp else {
+            return Ok(());
+        };
+        let buffers: Vec<Tensor> = self
+            .w
+            .variables()
+            .into_iter()
+            .filter_map(|(_, t)| (!t.requires_grad()).then_some(t))
+            .collect();
+        dp.broadcast(&buffers)
     }
 
     /// The step boundary after `poll`: alone, its flow; with other ranks,
@@ -63,7 +77,7 @@ impl Run<'_> {
             Flow::Continue if waiting => Signal::Paused,
             Flow::Continue => Signal::Go,
         };
-        let agreed = dp.agree(&Proposal {
+        let agreed = dp.agree(&Terms {
             lr: s.lr,
             decays_used: s.decays_used,
             since_best: s.since_best,
@@ -97,7 +111,7 @@ impl Run<'_> {
 
     /// A rank that follows takes rank 0's schedule, and notes in its log
     /// what changed at which global step.
-    fn follow(&mut self, a: &Agreed) {
+    fn follow(&mut self, a: &Terms) {
         let global = self.w.state.global_step;
         let paused = a.signal == Signal::Paused;
         if paused != self.paused {
