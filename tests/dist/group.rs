@@ -3,9 +3,22 @@
 //! within the timeout, never a hang; the launchers' environments map to a
 //! rendezvous.
 use super::free_port;
-use std::{collections::HashMap, time::Duration, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
 use tch::Tensor;
 use vggtrain::dist::{DataParallel, ProcessGroup, Rendezvous, Signal, Terms};
+
+/// One test at a time makes process groups in this process: a process
+/// holds one group in use, and the c10d stores and Gloo devices of several,
+/// made and torn down at once (a failing join among them), once crashed
+/// this test binary under CI's load.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static GROUPS: Mutex<()> = Mutex::new(());
+    GROUPS.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn rendezvous(port: u16, rank: usize, world: usize) -> Rendezvous {
     Rendezvous {
@@ -22,6 +35,7 @@ fn rendezvous(port: u16, rank: usize, world: usize) -> Rendezvous {
 
 #[test]
 fn ranks_all_reduce_broadcast_and_meet() {
+    let _one = one_at_a_time();
     let port = free_port();
     let ranks: Vec<_> = (0..2)
         .map(|rank| {
@@ -60,6 +74,7 @@ fn ranks_all_reduce_broadcast_and_meet() {
 
 #[test]
 fn a_missing_peer_or_a_bad_address_is_an_error_within_the_timeout() {
+    let _one = one_at_a_time();
     let timeout = Duration::from_secs(3);
     // Rank 1 never comes.
     let started = Instant::now();
@@ -193,6 +208,7 @@ fn each_rank_takes_its_own_gpu_where_the_device_is_cuda_or_auto() {
 
 /// Runs `f` as each of 2 ranks (threads) of a data-parallel group.
 fn two_ranks<T: Send + 'static>(f: fn(&mut DataParallel) -> T) -> Vec<T> {
+    let _one = one_at_a_time();
     let port = free_port();
     let ranks: Vec<_> = (0..2)
         .map(|rank| {
