@@ -1,14 +1,51 @@
 //! Makes the binary find libtorch without LD_LIBRARY_PATH and find CUDA when
-//! libtorch has it, and compiles the c10d shim (src/dist/c10d.cpp) against
-//! libtorch's headers and gloo's (Debian's libgloo-dev).
-use std::{env, fs, path::Path};
+//! libtorch has it, and compiles the two shims against libtorch's headers:
+//! the training step's (src/native/native.cpp, with CUDA's headers where
+//! libtorch has CUDA) and c10d's (src/dist/c10d.cpp, with gloo's headers
+//! from Debian's libgloo-dev, and NCCL where libtorch has CUDA).
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+};
 
 /// Where gloo's headers are looked for (ProcessGroupGloo.hpp includes them;
 /// the PyTorch wheel lacks them).
 const GLOO_INCLUDES: [&str; 2] = ["/usr/include", "/usr/local/include"];
 
-fn c10d_shim(root: &Path) {
-    println!("cargo:rerun-if-changed=src/dist/c10d.cpp");
+/// A C++ build against libtorch's headers, with CUDA's (`cuda`) where found.
+fn shim(root: &Path, file: &str, cuda: Option<&[PathBuf]>) -> cc::Build {
+    println!("cargo:rerun-if-changed={file}");
+    let include = root.join("include");
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .file(file)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .warnings(false);
+    if let Some(dirs) = cuda {
+        build.flag("-Wno-interference-size");
+        for d in dirs {
+            build.include(d);
+        }
+    }
+    build
+}
+
+/// The training step's shim: with CUDA, the jiterator's one-pass kernels
+/// and the CUDA allocator's statistics.
+fn native_shim(root: &Path, cuda: Option<&[PathBuf]>) {
+    println!("cargo:rerun-if-changed=src/native/guard.hpp");
+    let mut build = shim(root, "src/native/native.cpp", cuda);
+    if cuda.is_some() {
+        build.define("VGG_CUDA", None);
+    }
+    build.compile("vggtrain_native");
+}
+
+fn c10d_shim(root: &Path, cuda: Option<&[PathBuf]>) {
     println!("cargo:rerun-if-env-changed=GLOO_INCLUDE_DIR");
     let gloo = env::var("GLOO_INCLUDE_DIR")
         .map(|d| vec![d])
@@ -20,40 +57,20 @@ fn c10d_shim(root: &Path) {
             gloo.join(", ")
         );
     };
-    let include = root.join("include");
-    let mut build = cc::Build::new();
-    build
-        .cpp(true)
-        .file("src/dist/c10d.cpp")
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
-        .include(gloo)
-        .flag("-std=c++17")
-        .define("_GLIBCXX_USE_CXX11_ABI", "1")
-        .define("USE_C10D_GLOO", None)
-        .warnings(false);
-    match nccl_includes(root) {
-        Some(dirs) => {
-            build.define("USE_C10D_NCCL", None).flag("-Wno-interference-size");
-            // c10::cuda::device_count, to make an NCCL group where a GPU is.
-            println!("cargo:rustc-link-lib=dylib=c10_cuda");
-            for d in dirs {
-                build.include(d);
-            }
-        }
-        None => println!(
-            "cargo:warning=the c10d shim is built without NCCL (Gloo only, CUDA tensors too): \
-             libtorch_cuda, the wheel's nvidia/ headers or .cuda-headers (scripts/setup.sh) are missing"
-        ),
+    let mut build = shim(root, "src/dist/c10d.cpp", cuda);
+    build.include(gloo).define("USE_C10D_GLOO", None);
+    if cuda.is_some() {
+        build.define("USE_C10D_NCCL", None);
     }
     build.compile("vggtrain_c10d");
 }
 
-/// The headers ProcessGroupNCCL.hpp needs, where libtorch has CUDA: the
-/// wheel's CUDA runtime and NCCL (its nvidia/ folder, beside torch/), and
-/// CUDA's CCCL and crt headers that the wheel lacks (.cuda-headers, which
-/// scripts/setup.sh installs). None when any is missing.
-fn nccl_includes(root: &Path) -> Option<Vec<std::path::PathBuf>> {
+/// The CUDA headers the shims need (ProcessGroupNCCL.hpp, the jiterator,
+/// the CUDA allocator), where libtorch has CUDA: the wheel's CUDA runtime
+/// and NCCL (its nvidia/ folder, beside torch/), and CUDA's CCCL and crt
+/// headers that the wheel lacks (.cuda-headers, which scripts/setup.sh
+/// installs). None when any is missing.
+fn cuda_includes(root: &Path) -> Option<Vec<PathBuf>> {
     println!("cargo:rerun-if-changed=.cuda-headers");
     // .libtorch is a link into the wheel's folder.
     let root = root.canonicalize().ok()?;
@@ -89,7 +106,17 @@ fn main() {
     // The libtorch version, for `vggtrain info`: a pip install has version.py
     // beside lib/, a standalone libtorch has build-version.
     let root = lib.parent().unwrap_or(lib);
-    c10d_shim(root);
+    let cuda = cuda_includes(root);
+    match &cuda {
+        // c10::cuda::device_count and the CUDA allocator's statistics.
+        Some(_) => println!("cargo:rustc-link-lib=dylib=c10_cuda"),
+        None => println!(
+            "cargo:warning=the shims are built without CUDA (no NCCL, no one-pass CUDA kernels): \
+             libtorch_cuda, the wheel's nvidia/ headers or .cuda-headers (scripts/setup.sh) are missing"
+        ),
+    }
+    native_shim(root, cuda.as_deref());
+    c10d_shim(root, cuda.as_deref());
     let version = fs::read_to_string(root.join("version.py"))
         .ok()
         .and_then(|text| {

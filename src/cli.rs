@@ -276,7 +276,7 @@ pub struct BenchCli {
     pub width: i64,
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// fp32 or bf16 (autocast, CUDA only).
+    /// fp32, bf16 or fp16 (autocast, CUDA only; fp16 with loss scaling).
     #[arg(long, default_value = "fp32")]
     pub precision: String,
     #[arg(long, default_value_t = 20)]
@@ -299,6 +299,11 @@ pub struct BenchCli {
     /// (0: the default for the device).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+    /// Profile the compute-only steps with libtorch's profiler (CPU ops,
+    /// and CUDA kernels on a GPU): a Chrome/Perfetto trace to FILE and a
+    /// table of the ops that took the time.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<std::path::PathBuf>,
     /// One JSON object instead of the table.
     #[arg(long)]
     pub json: bool,

@@ -208,6 +208,31 @@ pub enum Precision {
     Fp32,
     /// bf16 autocast on CUDA (fp32 on CPU).
     Bf16,
+    /// fp16 autocast on CUDA (fp32 on CPU), with dynamic loss scaling.
+    Fp16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Precision, String> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "bf16" => Ok(Precision::Bf16),
+            "fp16" => Ok(Precision::Fp16),
+            other => Err(format!("precision `{other}`: expected fp32, bf16 or fp16")),
+        }
+    }
+}
+
+impl Precision {
+    /// Autocast's dtype where the run is on CUDA.
+    pub fn half(self) -> Option<crate::native::Half> {
+        match self {
+            Precision::Fp32 => None,
+            Precision::Bf16 => Some(crate::native::Half::Bf16),
+            Precision::Fp16 => Some(crate::native::Half::Fp16),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -131,6 +131,14 @@ pub struct EpochStats {
     pub best_top1: f64,
     pub lr: f64,
     pub seconds: f64,
+    /// The run's steps skipped so far for an inf or NaN in the gradients
+    /// (fp16's loss scaling).
+    #[serde(default)]
+    pub skipped_steps: u64,
+    /// The CUDA allocator's peak of allocated bytes in this epoch (None off
+    /// CUDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_gpu_bytes: Option<u64>,
 }
 
 /// Past epochs as the run keeps them (in memory, in checkpoints, for the
@@ -147,6 +155,18 @@ pub fn compact_history(history: &mut [EpochStats]) {
             e.val.per_class = Vec::new();
         }
     }
+}
+
+/// The epoch line's tail: fp16's skipped steps, the GPU's peak memory.
+fn epoch_extras(e: &EpochStats) -> String {
+    let mut s = String::new();
+    if e.skipped_steps > 0 {
+        s += &format!(" | {} steps skipped (inf/NaN gradients)", e.skipped_steps);
+    }
+    if let Some(b) = e.peak_gpu_bytes {
+        s += &format!(" | peak GPU memory {:.2} GB", b as f64 / 1e9);
+    }
+    s
 }
 
 /// One configuration key changed on resume.
@@ -280,7 +300,7 @@ impl Event {
                 100.0 * e.best_top1,
                 e.lr,
                 e.seconds
-            ),
+            ) + &epoch_extras(e),
             Event::LrChanged { old, new, cause, epoch, decays_used, .. } => format!(
                 "lr {old:.1e} -> {new:.1e} ({cause:?}, epoch {epoch}, {decays_used} decays used)"
             )

@@ -299,16 +299,7 @@ pub fn run(handle: EngineHandle, progress: Progress, signals: StopSignals) -> i3
     let mut code = EXIT_OK;
     let mut stopping = Stopping::default();
     let mut out = Out::new(progress);
-    // The GPU's memory, for the epoch lines (nothing on the CPU or without NVML).
-    let gpus = crate::gpu::watch(handle.device);
-    let mut peak_mb: Option<f64> = None;
     loop {
-        for samples in gpus.iter().flat_map(|rx| rx.try_iter()) {
-            for g in samples {
-                let mb = g.process_mb.unwrap_or(g.used_mb);
-                peak_mb = Some(peak_mb.map_or(mb, |p| p.max(mb)));
-            }
-        }
         if usr1.swap(false, Ordering::SeqCst) {
             handle.send(Command::SaveCheckpoint);
         }
@@ -348,11 +339,7 @@ pub fn run(handle: EngineHandle, progress: Progress, signals: StopSignals) -> i3
             Event::Failed { .. } => code = EXIT_FAILED,
             _ => {}
         }
-        if let Some(mut line) = event.summary() {
-            if let (Event::Epoch(_), Some(mb)) = (&event, peak_mb) {
-                line += &format!(" | peak GPU memory {:.1} GB", mb / 1024.0);
-                peak_mb = None;
-            }
+        if let Some(line) = event.summary() {
             out.line(&line);
         }
     }

@@ -13,6 +13,7 @@ pub mod eval;
 pub mod gpu;
 pub mod headless;
 pub mod model;
+pub mod native;
 pub mod pack;
 pub mod record;
 pub mod report;

@@ -103,6 +103,8 @@ fn epoch(epoch: usize, val: EvalResult, best: f64, lr: f64) -> Event {
         best_top1: best,
         lr,
         seconds: 12.0,
+        skipped_steps: 0,
+        peak_gpu_bytes: None,
     })
 }
 
@@ -538,6 +540,8 @@ fn a_resumed_run_shows_its_past_epochs_and_lr_changes() {
         best_top1: 0.8,
         lr: 1e-2,
         seconds: 30.0,
+        skipped_steps: 0,
+        peak_gpu_bytes: None,
     };
     let mut older = past(1, &E1);
     older.val.confusion.clear();

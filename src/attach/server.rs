@@ -480,6 +480,8 @@ mod tests {
             best_top1: 0.5,
             lr: 0.01,
             seconds: 1.0,
+            skipped_steps: 0,
+            peak_gpu_bytes: None,
         })
     }
 

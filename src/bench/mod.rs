@@ -12,6 +12,7 @@ use std::{path::PathBuf, time::Instant};
 
 mod folder;
 mod parallel;
+pub mod trace;
 pub use folder::FolderReport;
 pub use parallel::{run as parallel, ParallelReport};
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -32,6 +33,8 @@ pub struct BenchArgs {
     pub scale: u32,
     /// `data.workers` for the folder's end to end run (0: the default).
     pub workers: usize,
+    /// Where to write a profile of the compute-only steps (Chrome trace).
+    pub trace: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -49,8 +52,10 @@ pub struct Report {
     pub data_wait_share: f64,
     pub train_tflops: f64,
     pub peak_host_memory_mb: f64,
+    /// The CUDA allocator's peak over the compute-only steps.
     pub peak_gpu_memory_mb: Option<f64>,
     pub folder: Option<FolderReport>,
+    pub top_ops: Option<trace::TopOps>,
 }
 
 /// Waits for the device's queued work (reading a scalar syncs).
@@ -79,18 +84,6 @@ fn peak_host_mb() -> f64 {
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
-}
-
-fn gpu_mb() -> Option<f64> {
-    let out = std::process::Command::new("nvidia-smi")
-        .args(["--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"])
-        .output()
-        .ok()?;
-    let me = std::process::id().to_string();
-    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
-        let (pid, mb) = l.split_once(',')?;
-        (pid.trim() == me).then(|| mb.trim().parse().ok())?
-    })
 }
 
 /// The network of a benchmark, on its device.
@@ -122,7 +115,7 @@ fn setup(a: &BenchArgs) -> Result<Setup> {
     if a.channels_last {
         model::vars_to_channels_last(&vs);
     }
-    let sgd = Sgd::new(&vs, 0.9, 5e-4, true);
+    let sgd = Sgd::new(&vs, 0.9, 5e-4, true, a.precision == Precision::Fp16);
     let batches = Batches::new(&cfg, a.input, device);
     Ok(Setup {
         device,
@@ -150,9 +143,17 @@ pub fn run(a: &BenchArgs) -> Result<Report> {
     // 1. Compute only: one batch already on the device.
     let x = Tensor::randn([b, 3, a.input, a.input], (Kind::Float, device));
     let y = Tensor::randint(10, [b], (Kind::Int64, device));
+    crate::native::cuda_peak_bytes(device, true);
     let compute = rate(b, a.warmup, a.steps, || {
         engine::step_alone(&net, &mut sgd, &batches, &x, &y)
     });
+    let peak_gpu = crate::native::cuda_peak_bytes(device, false).map(|b| b as f64 / 1048576.0);
+    let top_ops = match &a.trace {
+        Some(path) => Some(trace::record(path, device, a.steps, || {
+            engine::step_alone(&net, &mut sgd, &batches, &x, &y)
+        })?),
+        None => None,
+    };
 
     // 2. Data only, in memory: u8 images on the device, batched augmentation.
     let n = (b as usize * 8).max(1024);
@@ -201,7 +202,6 @@ pub fn run(a: &BenchArgs) -> Result<Report> {
         }
         None => None,
     };
-    let peak_gpu = gpu_mb();
     let tflops = 3.0 * spec.forward_flops() * compute / 1e12;
     Ok(Report {
         device: engine::describe_device(device),
@@ -219,6 +219,7 @@ pub fn run(a: &BenchArgs) -> Result<Report> {
         peak_host_memory_mb: peak_host_mb(),
         peak_gpu_memory_mb: peak_gpu,
         folder,
+        top_ops,
     })
 }
 
@@ -251,6 +252,9 @@ impl Report {
         );
         if let Some(f) = &self.folder {
             f.print();
+        }
+        if let Some(t) = &self.top_ops {
+            t.print();
         }
     }
 }

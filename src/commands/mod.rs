@@ -301,11 +301,7 @@ fn newest_live_run(dir: &Path) -> Result<PathBuf> {
 }
 
 pub fn bench(a: &crate::cli::BenchCli) -> Result<()> {
-    let precision = match a.precision.as_str() {
-        "fp32" => crate::config::Precision::Fp32,
-        "bf16" => crate::config::Precision::Bf16,
-        other => bail!("--precision {other}: expected fp32 or bf16"),
-    };
+    let precision = a.precision.parse().map_err(|e| anyhow::anyhow!("--{e}"))?;
     let args = crate::bench::BenchArgs {
         model: a.model.parse().map_err(anyhow::Error::msg)?,
         input: a.input,
@@ -319,6 +315,7 @@ pub fn bench(a: &crate::cli::BenchCli) -> Result<()> {
         folder: a.folder.clone(),
         scale: a.scale,
         workers: a.workers,
+        trace: a.trace.clone(),
     };
     let timeout = std::time::Duration::from_secs(60);
     match crate::dist::role(a.nproc_per_node)? {

@@ -330,7 +330,9 @@ impl HostBatch {
         let x = Tensor::from_slice(&self.pixels).view([n, 3, self.crop, self.crop]);
         let y = Tensor::from_slice(&self.labels);
         let (x, y) = if device.is_cuda() {
-            (x.pin_memory(device), y.pin_memory(device))
+            // Unpinned still uploads, only slower.
+            let pin = |t: Tensor| crate::native::pin_memory(&t).unwrap_or(t);
+            (pin(x), pin(y))
         } else {
             (x, y)
         };

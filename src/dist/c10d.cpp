@@ -1,6 +1,5 @@
 // The c10d shim: PyTorch's own process groups (Gloo; NCCL where built) for
-// vggtrain, behind a C interface. Every C++ exception becomes an error
-// string (vgg_dist_error), never an unwind into Rust.
+// vggtrain, behind a C interface (errors: vgg_dist_error).
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -8,6 +7,8 @@
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
+
+#include "../native/guard.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -17,23 +18,6 @@
 #include <string>
 
 namespace {
-thread_local std::string last_error;
-
-template <typename F>
-int guard(F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const c10::Error& e) {
-    last_error = e.what_without_backtrace();
-  } catch (const std::exception& e) {
-    last_error = e.what();
-  } catch (...) {
-    last_error = "unknown C++ exception";
-  }
-  return -1;
-}
-
 // Gloo for CPU tensors (and CUDA ones without NCCL), NCCL for CUDA tensors
 // where built and a GPU is there: torch's own "cpu:gloo,cuda:nccl".
 struct Group {
@@ -49,7 +33,7 @@ struct Group {
 
 extern "C" {
 
-const char* vgg_dist_error() { return last_error.c_str(); }
+const char* vgg_dist_error() { return vgg_last_error.c_str(); }
 
 // A group of `world` ranks meeting at host:port (rank 0 serves the store
 // unless `client_only`, e.g. torchrun's agent serves it), its keys under
@@ -58,7 +42,7 @@ const char* vgg_dist_error() { return last_error.c_str(); }
 void* vgg_dist_init(const char* host, int port, int rank, int world, int client_only,
                     int64_t timeout_ms, const char* prefix) {
   Group* out = nullptr;
-  guard([&] {
+  vgg_guard([&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<uint16_t>(port);
@@ -99,7 +83,7 @@ void* vgg_dist_init(const char* host, int port, int rank, int world, int client_
 // Sets `key` in the store itself (outside every attempt's prefix: an
 // elastic restart's ranks read what the attempt before them wrote).
 int vgg_dist_store_set(void* group, const char* key, const char* value) {
-  return guard([&] {
+  return vgg_guard([&] {
     std::string v(value);
     static_cast<Group*>(group)->store->set(key, std::vector<uint8_t>(v.begin(), v.end()));
   });
@@ -109,7 +93,7 @@ int vgg_dist_store_set(void* group, const char* key, const char* value) {
 // 1 when the key is set, 0 when not, -1 on error. Does not wait.
 int vgg_dist_store_get(void* group, const char* key, char* out, int64_t cap) {
   int found = 0;
-  int code = guard([&] {
+  int code = vgg_guard([&] {
     auto& store = static_cast<Group*>(group)->store;
     if (!store->check({key})) return;
     auto v = store->get(key);
@@ -127,14 +111,14 @@ const char* vgg_dist_cuda_backend(void* group) {
 }
 
 int vgg_dist_all_reduce_sum(void* group, void* tensor) {
-  return guard([&] {
+  return vgg_guard([&] {
     std::vector<at::Tensor> ts{*static_cast<at::Tensor*>(tensor)};
     static_cast<Group*>(group)->for_tensor(ts[0]).allreduce(ts)->wait();
   });
 }
 
 int vgg_dist_broadcast(void* group, void* tensor, int root) {
-  return guard([&] {
+  return vgg_guard([&] {
     std::vector<at::Tensor> ts{*static_cast<at::Tensor*>(tensor)};
     c10d::BroadcastOptions o;
     o.rootRank = root;
@@ -143,6 +127,6 @@ int vgg_dist_broadcast(void* group, void* tensor, int root) {
 }
 
 void vgg_dist_free(void* group) {
-  guard([&] { delete static_cast<Group*>(group); });
+  vgg_guard([&] { delete static_cast<Group*>(group); });
 }
 }

@@ -1,9 +1,10 @@
 //! Batches of a split on the training device, in a given order: cut from
 //! the in-memory tensor, or decoded ahead on the folder pool. Waiting for a
 //! batch never hides a stop request.
-use crate::config::{Config, Precision};
+use crate::config::Config;
 use crate::data::{folder, DataError, Source};
 use crate::model;
+use crate::native::{self, Half};
 use anyhow::Result;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::time::Duration;
@@ -16,7 +17,8 @@ const STOP_POLL: Duration = Duration::from_millis(100);
 pub struct Batches {
     pub device: Device,
     plan: Option<folder::Plan>,
-    bf16: bool,
+    /// CUDA autocast's dtype (bf16, fp16), None for fp32 or on the CPU.
+    half: Option<Half>,
     pub channels_last: bool,
 }
 
@@ -232,7 +234,7 @@ impl Batches {
                 .dataset
                 .decoded()
                 .then(|| folder::Plan::new(&cfg.data, crop, device)),
-            bf16: cfg.train.precision == Precision::Bf16 && device.is_cuda(),
+            half: cfg.train.precision.half().filter(|_| device.is_cuda()),
             channels_last: cfg.train.channels_last,
         }
     }
@@ -293,12 +295,11 @@ impl Batches {
         }
     }
 
-    /// Runs `f` under bf16 autocast when configured (CUDA only).
+    /// Runs `f` under CUDA autocast to bf16 or fp16 when configured.
     pub fn autocast<T>(&self, f: impl FnOnce() -> T) -> T {
-        if self.bf16 {
-            tch::autocast(true, f)
-        } else {
-            f()
+        match self.half {
+            Some(half) => native::autocast(half, f),
+            None => f(),
         }
     }
 }

@@ -59,6 +59,12 @@ pub struct TrainState {
     /// The ranks the run trains on (1 before data parallelism).
     #[serde(default = "crate::control::one_rank")]
     pub world: usize,
+    /// fp16's loss scale (absent in other precisions).
+    #[serde(default)]
+    pub loss_scale: Option<super::sgd::ScaleState>,
+    /// Steps skipped for an inf or NaN in the gradients (fp16).
+    #[serde(default)]
+    pub skipped_steps: u64,
 }
 
 fn legacy_format() -> u32 {

@@ -92,8 +92,9 @@ pub struct Reduce<'a> {
     pub images: usize,
 }
 
-/// One SGD step on an augmented batch: forward, backward, (with `reduce`)
-/// the gradients summed over the ranks, the update. Returns the summed loss
+/// One SGD step on an augmented batch: forward, backward (of the scaled
+/// loss with fp16), (with `reduce`) the gradients summed over the ranks,
+/// the update. Returns the summed loss
 /// and the number of correct predictions (of the whole batch), on the
 /// device (no host sync).
 pub fn train_step(
@@ -106,7 +107,6 @@ pub fn train_step(
     reduce: Option<Reduce>,
 ) -> Result<(Tensor, Tensor)> {
     let n = y.size()[0];
-    sgd.zero_grad();
     let (loss, correct) = if n == 0 {
         // A rank with no image in this batch: zero gradients, every one defined.
         let params = sgd.params();
@@ -125,8 +125,8 @@ pub fn train_step(
         match &reduce {
             // This rank's mean, weighted by its share: the sum over the ranks
             // is the gradient of the whole batch's mean.
-            Some(r) => (&loss * (n as f64 / r.images as f64)).backward(),
-            None => loss.backward(),
+            Some(r) => sgd.scaled(&(&loss * (n as f64 / r.images as f64))).backward(),
+            None => sgd.scaled(&loss).backward(),
         }
         let correct = logits.argmax(-1, false).eq_tensor(y).sum(Kind::Double);
         (loss.detach().to_kind(Kind::Double) * n as f64, correct)
@@ -139,7 +139,7 @@ pub fn train_step(
         }
         None => (loss, correct),
     };
-    sgd.step(lr);
+    sgd.step(lr)?;
     Ok(sums)
 }
 

@@ -104,7 +104,14 @@ pub fn prepare(cfg: Config, resume: Option<&Path>, explicit: &BTreeSet<String>) 
     if cfg.train.channels_last {
         model::vars_to_channels_last(&vs);
     }
-    let mut sgd = Sgd::new(&vs, cfg.train.momentum, cfg.train.weight_decay, cfg.train.decay_biases);
+    let fp16 = cfg.train.precision == crate::config::Precision::Fp16;
+    let mut sgd = Sgd::new(
+        &vs,
+        cfg.train.momentum,
+        cfg.train.weight_decay,
+        cfg.train.decay_biases,
+        fp16,
+    );
     let mut state = fresh_state(&cfg, &model, &data);
     let (mut changes, mut set_lr, mut damaged, mut resumed_from) = (Vec::new(), None, Vec::new(), None);
     if let Some(Resumed { found, settled }) = resumed {
@@ -206,6 +213,8 @@ fn fresh_state(cfg: &Config, model: &Vgg, data: &Dataset) -> TrainState {
         model: format!("{} {:?}", model.spec.describe(), model.spec.parameter_shapes()),
         data: data_id(data),
         world: 1,
+        loss_scale: None,
+        skipped_steps: 0,
     }
 }
 
@@ -239,6 +248,7 @@ fn continue_from(
     }
     model::copy_weights(vs, &loaded.weights, path)?;
     sgd.load_buffers(loaded.momentum).map_err(anyhow::Error::msg)?;
+    sgd.load_scale(loaded.state.loss_scale);
     Ok(TrainState {
         schedule: loaded.state.schedule.with_settings(&fresh.schedule),
         config: fresh.config,

@@ -119,6 +119,8 @@ struct Run<'a> {
     bad: Option<String>,
     /// The other ranks of a data-parallel run.
     dp: Option<DataParallel>,
+    /// Steps this process has trained (the first are warm-up).
+    stepped: u64,
 }
 
 impl Worker {
@@ -149,6 +151,7 @@ impl Worker {
             skipped: 0,
             bad: None,
             dp,
+            stepped: 0,
         };
         run.join_ranks(&mut notes)?;
         run.start(notes)?;
@@ -295,6 +298,7 @@ impl Run<'_> {
             Some((s, same)) if *s == step => checkpoint::link_atomic(same, &path),
             _ => {
                 let weights = self.w.variables();
+                self.w.state.loss_scale = self.w.sgd.scale_state();
                 checkpoint::save(&path, &weights, &self.w.sgd.buffers(), &self.w.state, &self.w.card)
             }
         };
@@ -501,6 +505,8 @@ impl Run<'_> {
     /// ended it.
     fn epoch(&mut self) -> Result<bool> {
         let started = Instant::now();
+        let device = self.w.batches.device;
+        crate::native::cuda_peak_bytes(device, true);
         if !self.steps_of_epoch()? {
             return Ok(false);
         }
@@ -522,6 +528,8 @@ impl Run<'_> {
             best_top1: s.schedule.best,
             lr: s.schedule.lr,
             seconds: started.elapsed().as_secs_f64(),
+            skipped_steps: s.skipped_steps,
+            peak_gpu_bytes: crate::native::cuda_peak_bytes(device, false),
         };
         s.history.push(stats.clone());
         crate::control::compact_history(&mut s.history);

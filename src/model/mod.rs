@@ -352,13 +352,11 @@ impl Vgg {
         let mut x = xs.shallow_clone();
         for layer in &self.features {
             x = match layer {
-                Layer::Conv { conv, bn } => {
-                    let y = x.apply(conv);
-                    let mut y = match bn {
-                        Some(bn) => y.apply_t(bn, train),
-                        None => y,
-                    };
-                    y.relu_()
+                Layer::Conv { conv, bn: Some(bn) } => x.apply(conv).apply_t(bn, train).relu_(),
+                // One autograd node: on CUDA, the bias and ReLU in one pass.
+                Layer::Conv { conv, bn: None } => {
+                    let bias = conv.bs.as_ref().expect("a VGG convolution has a bias");
+                    crate::native::conv_bias_relu(&x, &conv.ws, bias, conv.ws.size()[2] / 2)
                 }
                 Layer::Lrn => local_response_norm(&x),
                 Layer::Pool => x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false),

@@ -131,6 +131,8 @@ mod tests {
             best_top1: 0.1 * n as f64,
             lr: 0.01,
             seconds: 1.0,
+            skipped_steps: 0,
+            peak_gpu_bytes: None,
         });
         serde_json::to_string(&e).unwrap()
     }

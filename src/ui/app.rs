@@ -856,7 +856,8 @@ impl App {
         let i = self.info.as_ref()?;
         let this = self.eta_epoch()?;
         let per_epoch = match self.epochs.last() {
-            Some(e) if e.seconds > 0.0 => e.seconds,
+            // Epoch 1's time holds the warm-up (cuDNN's autotuning).
+            Some(e) if e.seconds > 0.0 && e.epoch > 1 => e.seconds,
             _ => i.steps_per_epoch as f64 * i.batch_size as f64 / self.images_per_sec,
         };
         let after = i.epochs.saturating_sub(self.epoch.max(1)) as f64;

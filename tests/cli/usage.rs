@@ -230,3 +230,76 @@ fn a_redirected_run_writes_plain_lines_never_carriage_returns() {
         "{err}"
     );
 }
+
+/// libtorch's warning and error lines ("[W... ] Warning: ...", a bare
+/// "Warning:", Kineto's "ERROR:...").
+fn warnings(t: &str) -> Vec<&str> {
+    t.lines()
+        .filter(|l| l.contains("Warning:") || l.starts_with("[W") || l.starts_with("ERROR:"))
+        .collect()
+}
+
+#[test]
+fn fp16_runs_with_its_loss_scale_saved_and_no_libtorch_warning() {
+    if !have_data() {
+        return;
+    }
+    let runs = tempfile::tempdir().unwrap();
+    let mut args = tiny(runs.path(), "fp16", "1");
+    args.extend(["--set".into(), "train.precision=\"fp16\"".into()]);
+    let o = bin().args(&args).output().unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(warnings(&t).is_empty(), "libtorch warned: {t}");
+    let dir = runs.path().join("fp16");
+    let end = vggtrain::engine::checkpoint::newest(&dir).unwrap().path;
+    let state = vggtrain::engine::checkpoint::load(&end).unwrap().state;
+    let scale = state.loss_scale.expect("an fp16 checkpoint holds its loss scale");
+    // On the CPU the arithmetic is fp32: no step overflows, the scale stays
+    // and counts its clean steps.
+    assert_eq!(
+        (scale.scale, scale.growth),
+        (65536.0, state.global_step as i64),
+        "{state:?}"
+    );
+    assert_eq!(state.skipped_steps, 0);
+    let epoch = metrics(&dir).into_iter().find(|e| e["event"] == "epoch").unwrap();
+    assert_eq!(epoch["skipped_steps"], 0, "{epoch}");
+}
+
+#[test]
+fn bench_trace_writes_a_chrome_trace_and_its_top_ops() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.json");
+    let args = "bench --model A --width 8 --input 32 --batch 4 --steps 2 --warmup 1 --device cpu --trace";
+    let mut a: Vec<&str> = args.split(' ').collect();
+    a.push(trace.to_str().unwrap());
+    let o = run(&a);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(warnings(&t).is_empty(), "libtorch warned: {t}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("top cpu ops (self time) by time"), "{out}");
+    // The file is a Chrome trace whose ops are the step's: the forward's
+    // convolutions, the fused SGD.
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let ops: Vec<&str> = v["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["cat"] == "cpu_op")
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    let count = |name: &str| ops.iter().filter(|o| **o == name).count();
+    // A has 8 convolutions a step, two steps; one fused SGD call per
+    // parameter group (weights decayed, biases decayed too here: one) a step.
+    assert_eq!(count("aten::convolution"), 16, "{ops:?}");
+    assert_eq!(count("aten::_fused_sgd_"), 2, "{ops:?}");
+    // The table's rows are ops of the trace.
+    let rows: Vec<&str> = out.lines().skip_while(|l| !l.contains("calls")).skip(1).collect();
+    assert!(!rows.is_empty(), "{out}");
+    for r in rows {
+        let name = r.split_whitespace().skip(3).collect::<Vec<_>>().join(" ");
+        assert!(ops.contains(&name.as_str()), "{name} is not in the trace");
+    }
+}

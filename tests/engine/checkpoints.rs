@@ -23,6 +23,8 @@ fn small_state(step: usize) -> checkpoint::TrainState {
         model: "m".into(),
         data: String::new(),
         world: 1,
+        loss_scale: None,
+        skipped_steps: 0,
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! - `training`: commands, resume, learning, folders;
 //! - `checkpoints`: the checkpoint format, pruning, damage, long runs;
-//! - `shards`: training on tar shards, and its exact resume.
+//! - `shards`: training on tar shards, and its exact resume;
+//! - `step`: the training step's kernels against PyTorch.
 use crossbeam_channel::Receiver;
 use std::{collections::HashMap, path::Path, path::PathBuf, time::Duration};
 use tch::Tensor;
@@ -17,6 +18,7 @@ mod checkpoints;
 #[path = "../common/mod.rs"]
 mod common;
 mod shards;
+mod step;
 mod training;
 
 use common::{have_data, snapshot};

@@ -6,7 +6,7 @@ use vggtrain::engine::sgd::Sgd;
 use vggtrain::model::{InitScheme, ModelSpec, Vgg};
 
 #[test]
-fn our_sgd_matches_tch_step_for_step() {
+fn our_fused_sgd_matches_tch_step_for_step() {
     let _serial = serial();
     let spec = ModelSpec {
         arch: Arch::A,
@@ -25,7 +25,7 @@ fn our_sgd_matches_tch_step_for_step() {
     };
     let (vs_a, model_a) = build();
     let (vs_b, model_b) = build();
-    let mut ours = Sgd::new(&vs_a, 0.9, 5e-4, true);
+    let mut ours = Sgd::new(&vs_a, 0.9, 5e-4, true, false);
     let mut theirs = nn::Sgd {
         momentum: 0.9,
         dampening: 0.0,
@@ -39,9 +39,8 @@ fn our_sgd_matches_tch_step_for_step() {
         let x = Tensor::randn([16, 1, 32, 32], (Kind::Float, Device::Cpu));
         let y = Tensor::randint(10, [16], (Kind::Int64, Device::Cpu));
         let loss = model_a.forward_t(&x, true).cross_entropy_for_logits(&y);
-        ours.zero_grad();
         loss.backward();
-        ours.step(0.01);
+        ours.step(0.01).unwrap();
         let loss = model_b.forward_t(&x, true).cross_entropy_for_logits(&y);
         theirs.backward_step(&loss);
     }
@@ -197,6 +196,66 @@ fn resume_is_bitwise_identical_to_an_uninterrupted_run() {
 }
 
 #[test]
+fn an_fp16_run_resumes_bitwise_with_its_loss_scale() {
+    let _serial = serial();
+    if !have_data() {
+        return;
+    }
+    let runs = tempfile::tempdir().unwrap();
+    let mut cfg = tiny(runs.path(), 1);
+    cfg.train.precision = vggtrain::config::Precision::Fp16;
+    cfg.run.name = Some("straight".into());
+    let (straight, _) = run_to_end(Start::new(cfg.clone()));
+    cfg.run.name = Some("mid".into());
+    let mid = stopped_inside_the_first_epoch(&cfg);
+    let stopped = checkpoint::load(&newest(&mid).unwrap()).unwrap().state;
+    let scale = stopped.loss_scale.expect("the stop's checkpoint holds the loss scale");
+    assert_eq!(scale.growth, stopped.global_step as i64, "{stopped:?}");
+    run_to_end(Start::new(cfg.clone()).resume(&mid));
+    let (a, b) = (newest(&straight).unwrap(), newest(&mid).unwrap());
+    let (sa, sb) = (checkpoint::load(&a).unwrap().state, checkpoint::load(&b).unwrap().state);
+    assert_eq!(sa.loss_scale, sb.loss_scale);
+    assert_eq!(sa.loss_scale.unwrap().growth, sa.global_step as i64);
+    let (want, got) = (tensors(&a), tensors(&b));
+    assert_eq!(want.len(), got.len());
+    for (name, t) in &want {
+        assert!(t.equal(&got[name]), "{name} differs after the fp16 resume");
+    }
+}
+
+#[test]
+fn the_images_per_sec_leave_out_the_first_steps() {
+    let _serial = serial();
+    if !have_data() {
+        return;
+    }
+    let runs = tempfile::tempdir().unwrap();
+    let mut cfg = tiny(runs.path(), 1);
+    // A step event at every step.
+    cfg.train.step_events_per_sec = 10_000.0;
+    let (_, events) = run_to_end(Start::new(cfg));
+    let rates: Vec<(u64, f64)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step {
+                global_step,
+                images_per_sec,
+                ..
+            } => Some((*global_step, *images_per_sec)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        rates.iter().map(|r| r.0).collect::<Vec<_>>(),
+        (1..=rates.len() as u64).collect::<Vec<_>>()
+    );
+    for (step, ips) in &rates {
+        // Warm-up (cuDNN's autotuning on a GPU) counts for no rate, so no ETA.
+        assert_eq!(*ips > 0.0, *step > 3, "step {step}: {ips} img/s");
+    }
+}
+
+#[test]
 fn a_resume_that_would_change_the_run_is_refused_and_writes_nothing() {
     let _serial = serial();
     if !have_data() {
@@ -296,6 +355,8 @@ fn a_half_written_checkpoint_is_never_taken_for_one() {
         model: "m".into(),
         data: String::new(),
         world: 1,
+        loss_scale: None,
+        skipped_steps: 0,
     };
     let old = ckpts.join(checkpoint::periodic_name(1));
     checkpoint::save(&old, &w, &[], &state_of(1), &small_card()).unwrap();

@@ -28,6 +28,9 @@ fn epoch_seed(seed: u64, epoch: usize) -> u64 {
     data::SplitMix(seed.wrapping_add(0xe90c ^ epoch as u64)).next()
 }
 
+/// Steps a process takes before its images/s count.
+const WARMUP_STEPS: u64 = 3;
+
 /// The loss since the last step event, and when that was.
 struct Window {
     loss: Tensor,
@@ -113,6 +116,14 @@ impl Run<'_> {
         }
         self.w.state.step += 1;
         self.w.state.global_step += 1;
+        self.stepped += 1;
+        if self.stepped == 2 {
+            if let Some(why) = crate::native::bias_relu_fallback() {
+                self.log(format!(
+                    "the one-pass CUDA bias + ReLU failed; plain ops serve instead: {why}"
+                ));
+            }
+        }
         if images == 0 {
             // Every image of the batch was undecodable: nothing to learn.
             return Ok(());
@@ -143,11 +154,16 @@ impl Run<'_> {
         self.sums.flush(&mut self.w.state);
         let loss = window.loss.double_value(&[]) / window.images as f64;
         self.check_loss()?;
+        self.skipped_steps();
         let now = Instant::now();
         let global = self.w.state.global_step;
         let batch = self.w.cfg.train.batch_size as f64;
+        // The rate (and so the ETA) leaves out windows that hold one of
+        // this process's first steps: cuDNN's autotuning, the allocator's
+        // growth.
         let ips = window
             .last
+            .filter(|(_, s)| self.stepped - (global - s) >= WARMUP_STEPS)
             .map(|(t, s)| (global - s) as f64 * batch / now.duration_since(t).as_secs_f64())
             .unwrap_or(0.0);
         window.last = Some((now, global));
@@ -162,5 +178,19 @@ impl Run<'_> {
             images_per_sec: ips,
         });
         Ok(())
+    }
+
+    /// fp16's steps skipped for an inf or NaN since the last step event,
+    /// counted in the state and logged.
+    fn skipped_steps(&mut self) {
+        let n = self.w.sgd.take_skipped();
+        if n > 0 {
+            self.w.state.skipped_steps += n;
+            let scale = self.w.sgd.scale_state().map_or(0.0, |s| s.scale);
+            self.log(format!(
+                "fp16: {n} step(s) skipped for an inf or NaN in the gradients ({} in the run); loss scale now {scale}",
+                self.w.state.skipped_steps
+            ));
+        }
     }
 }
