@@ -282,6 +282,12 @@ pub fn attach(run: Option<PathBuf>, runs_dir: Option<PathBuf>) -> Result<i32> {
         Some(r) => r,
         None => newest_live_run(&runs_dir.unwrap_or_else(run_dir::default_runs_dir))?,
     };
+    if !run.join("config.toml").is_file() {
+        bail!(
+            "{} is not a vggtrain run directory (no config.toml): name one that `vggtrain runs` lists",
+            run.display()
+        );
+    }
     crate::ui::attach(crate::attach::client::connect(&run)?)
 }
 

@@ -231,3 +231,43 @@ fn eval_refuses_dense_scales_the_network_cannot_take_and_export_takes_a_bare_nam
         }
     }
 }
+
+#[test]
+fn attach_to_what_is_no_live_run_is_exit_2_and_removes_nothing() {
+    if !have_data() {
+        return;
+    }
+    let runs = tempfile::tempdir().unwrap();
+    let o = bin().args(tiny(runs.path(), "ended", "1")).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let ended = runs.path().join("ended");
+    let plain = runs.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    let attach = |dir: &Path| bin().arg("attach").arg(dir).output().unwrap();
+    let cases = [
+        (ended.clone(), "has no control socket: the run is not running"),
+        (plain.clone(), "is not a vggtrain run directory (no config.toml)"),
+        (runs.path().join("missing"), "is not a vggtrain run directory"),
+    ];
+    for (dir, want) in &cases {
+        let o = attach(dir);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{}: {t}", dir.display());
+        assert!(t.contains(want) && t.contains(&dir.display().to_string()), "{t}");
+    }
+    // A socket and pid left by a process that is gone: nobody answers; the
+    // message says how to resume, and nothing is removed.
+    let sock = ended.join("control.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    std::fs::write(ended.join("pid"), "999999\n").unwrap();
+    let before = snapshot(&ended);
+    let o = attach(&ended);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("nobody answers") && t.contains("vggtrain train --resume"),
+        "{t}"
+    );
+    assert!(sock.exists());
+    assert_eq!(snapshot(&ended), before, "attach changed the run directory");
+}

@@ -235,7 +235,18 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
             ]);
             l.line()
         }
-        None => Line::styled("no validation yet: the first comes after epoch 1", theme.dim()),
+        // The longest of these that fits: never a sentence cut off.
+        None => {
+            let say = [
+                "no validation yet: the first comes after epoch 1",
+                "validation after epoch 1",
+                "val: epoch 1",
+            ]
+            .into_iter()
+            .find(|s| s.len() <= inner.width as usize)
+            .unwrap_or("");
+            Line::styled(say, theme.dim())
+        }
     };
     line_at(buf, inner, acc_row, &acc_line);
 
