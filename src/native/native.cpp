@@ -98,7 +98,8 @@ struct ConvBiasRelu : public torch::autograd::Function<ConvBiasRelu> {
     if (x.is_cuda()) {
       out = bias_relu(at::convolution(xc, wc, std::nullopt, {1, 1}, {pad, pad}, {1, 1}, false, {0, 0}, 1), b);
     } else {
-      out = at::relu(at::convolution(xc, wc, b, {1, 1}, {pad, pad}, {1, 1}, false, {0, 0}, 1));
+      // In place: the convolution's output is this node's alone.
+      out = at::convolution(xc, wc, b, {1, 1}, {pad, pad}, {1, 1}, false, {0, 0}, 1).relu_();
     }
     ctx->save_for_backward({xc, wc, out});
     ctx->saved_data["pad"] = pad;
