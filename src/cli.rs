@@ -192,11 +192,8 @@ pub struct TrainArgs {
     /// Continue a run from its newest complete checkpoint.
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
-    /// Data-parallel on this machine: start N ranks (one GPU each on CUDA;
-    /// on the CPU, the cores split between them). Under torchrun or SLURM,
-    /// leave it out: the launcher starts the ranks.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub nproc_per_node: Option<u16>,
+    #[command(flatten)]
+    pub launch: LaunchArgs,
     /// Seconds a rank waits for the others (to meet, at a collective)
     /// before it gives up with an error: a lost or hung rank ends the run.
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
@@ -307,8 +304,37 @@ pub struct BenchCli {
     /// One JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// Data-parallel compute: N local ranks, each stepping on its share of
-    /// --batch with the gradients all-reduced (under torchrun, leave it out).
+    /// With ranks: sum the gradients after backward, not while it runs
+    /// (to measure what the overlap gains).
+    #[arg(long)]
+    pub no_overlap: bool,
+    #[command(flatten)]
+    pub launch: LaunchArgs,
+}
+
+/// vggtrain's own launcher of data-parallel ranks (torchrun and SLURM set
+/// the same things in the ranks' environment: leave these out under them).
+#[derive(Args, Debug, Clone, Default)]
+pub struct LaunchArgs {
+    /// Start N ranks on this machine, each stepping on its share of the
+    /// batch with the gradients summed (one GPU each on CUDA; on the CPU,
+    /// the cores split between them).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub nproc_per_node: Option<u16>,
+    /// Machines in the run: each runs the same command with its own
+    /// --node-rank, and all meet at --master-addr:--master-port.
+    #[arg(long, value_name = "M", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub nnodes: u16,
+    /// This machine's place among the --nnodes, from 0 (node 0 holds the
+    /// run's rank 0, which serves the rendezvous).
+    #[arg(long, value_name = "R", default_value_t = 0)]
+    pub node_rank: u16,
+    /// Node 0's address, reachable from every machine (needed with --nnodes
+    /// above 1; default 127.0.0.1).
+    #[arg(long, value_name = "ADDR")]
+    pub master_addr: Option<String>,
+    /// Node 0's port for the rendezvous (default 29500 with --nnodes above
+    /// 1, else a free one).
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub master_port: Option<u16>,
 }

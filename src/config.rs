@@ -509,7 +509,7 @@ impl Config {
                 t.threads
             );
         }
-        crate::engine::parse_device(&t.device).map(|_| ())
+        crate::device::parse(&t.device).map(|_| ())
     }
 
     /// The data settings fit together.

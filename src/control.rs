@@ -1,7 +1,11 @@
 //! The only vocabulary between the engine and its faces (TUI, headless,
 //! attached clients): plain values, never tensors.
+use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 /// What a face asks of the engine; applied at the next step boundary.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -25,6 +29,24 @@ pub enum Command {
 fn yes() -> bool {
     true
 }
+
+/// A face fed beside the one that holds the engine's handle (the attach
+/// server): it sees every event as it happens and sends its commands
+/// through the queue it was opened with. Publishing never blocks.
+pub trait Observer: Send + Sync {
+    fn publish(&self, event: &Event);
+    /// The run is over: the last events reach the observer's own faces.
+    fn close(&self);
+    /// The process leaves at once, its engine still running: what the
+    /// observer keeps in the run directory goes.
+    fn abandon(&self);
+}
+
+/// Opens an observer once the run's directory exists, given that
+/// directory, the run's configuration (TOML) and the queue for the
+/// observer's commands. Returns it, or None (a run goes on without one),
+/// and lines for the run's log.
+pub type Observe = Box<dyn FnOnce(&Path, String, Sender<Command>) -> (Option<Arc<dyn Observer>>, Vec<String>) + Send>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -311,7 +311,7 @@ pub fn run(handle: EngineHandle, progress: Progress, signals: StopSignals) -> i3
                 Asked::Echo => {}
                 Asked::Quit => {
                     out.line("second signal: quitting now; the run resumes from its last checkpoint");
-                    crate::engine::run_dir::abandon(&handle.run_dir);
+                    handle.abandon();
                     exit_now(code);
                 }
                 Asked::Stop => {

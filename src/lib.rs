@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod data;
+pub mod device;
 pub mod dist;
 pub mod engine;
 pub mod eval;

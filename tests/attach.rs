@@ -193,6 +193,8 @@ fn a_client_watches_and_steers_a_headless_run() {
     let s2 = second.snapshot();
     assert_eq!(s2.state, RunState::Paused);
     assert!(s2.info.is_some());
+    // The face learns where the run trains (its GPU panel watches that).
+    assert_eq!(s2.device(), Some(tch::Device::Cpu));
     assert!(s2.events.iter().any(|e| matches!(e.event, Event::Step { .. })));
 
     // A checkpoint on request, while paused.
@@ -421,7 +423,10 @@ fn the_engine_drives_an_attached_app() -> anyhow::Result<()> {
     cfg.train.threads = 1;
     cfg.run.runs_dir = Some(tmp.path().to_owned());
     cfg.run.name = Some("app".into());
-    let handle = vggtrain::engine::spawn(vggtrain::engine::Start::new(cfg), &|| None)?;
+    // The attach server is the engine's observer, as `vggtrain train` asks.
+    let mut start = vggtrain::engine::Start::new(cfg);
+    start.observer = Some(vggtrain::attach::observe());
+    let handle = vggtrain::engine::spawn(start, &|| None)?;
     // Connected before the first event: the snapshot may be nearly empty.
     let conn = client::connect(&handle.run_dir)?;
     let mut app = App::attached(&conn.snapshot);

@@ -9,7 +9,7 @@
 pub mod client;
 pub mod server;
 
-use crate::control::{Command, Event, RunInfo};
+use crate::control::{Command, Event, Observe, RunInfo};
 use serde::{Deserialize, Serialize};
 use std::{
     fs::File,
@@ -32,6 +32,34 @@ pub const COMMANDS: [&str; 6] = ["pause", "resume", "decay-lr", "set-lr", "save-
 
 pub fn socket_path(run: &Path) -> PathBuf {
     run.join(SOCKET)
+}
+
+/// The attach server as the engine's observer (`engine::Start::observer`).
+/// Attaching is a convenience: a run starts without it, and says why.
+pub fn observe() -> Observe {
+    Box::new(
+        |run, config, commands| match server::Hub::start(run, config, commands) {
+            Ok((hub, replaced)) => {
+                let notes = replaced
+                    .then(|| "replaced the control socket left by an earlier process of this run".to_owned())
+                    .into_iter()
+                    .collect();
+                (Some(hub as _), notes)
+            }
+            Err(e) => (
+                None,
+                vec![format!(
+                    "warning: attaching is off for this run: cannot listen on {}: {e}",
+                    socket_path(run).display()
+                )],
+            ),
+        },
+    )
+}
+
+/// Whether a run is live and listening for `vggtrain attach`.
+pub fn is_attachable(run: &Path) -> bool {
+    crate::engine::run_dir::is_live(run) && socket_path(run).exists()
 }
 
 /// What the run is doing, as far as its events tell.
@@ -66,6 +94,14 @@ pub struct Snapshot {
     /// per-class accuracy, lr changes, checkpoints, pauses, logs; only the
     /// newest epoch keeps its confusion matrix), and the recent step events.
     pub events: Vec<Stamped>,
+}
+
+impl Snapshot {
+    /// Where the run trains (None until it has started, or when its
+    /// description names no device).
+    pub fn device(&self) -> Option<tch::Device> {
+        crate::device::described(&self.info.as_ref()?.device)
+    }
 }
 
 /// One line from the server.

@@ -98,7 +98,7 @@ struct Setup {
 }
 
 fn setup(a: &BenchArgs) -> Result<Setup> {
-    let device = engine::resolve_device(&a.device)?;
+    let device = crate::device::resolve(&a.device)?;
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
     }
@@ -204,7 +204,7 @@ pub fn run(a: &BenchArgs) -> Result<Report> {
     };
     let tflops = 3.0 * spec.forward_flops() * compute / 1e12;
     Ok(Report {
-        device: engine::describe_device(device),
+        device: crate::device::describe(device),
         model: spec.describe(),
         input: a.input,
         batch: b,

@@ -4,7 +4,7 @@
 //! all-reduce's share of the step time.
 use super::{setup, sync, BenchArgs, Setup};
 use crate::dist::DataParallel;
-use crate::engine::{self, train_step, Reduce};
+use crate::engine::{train_step, Reduce};
 use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
@@ -25,6 +25,8 @@ pub struct ParallelReport {
     pub all_reduce_share: f64,
     /// The gradients all-reduced each step.
     pub gradient_mb: f64,
+    /// Whether the sums ran while backward did (else after it).
+    pub overlap: bool,
 }
 
 pub fn run(a: &BenchArgs, dp: &mut DataParallel) -> Result<ParallelReport> {
@@ -67,7 +69,7 @@ pub fn run(a: &BenchArgs, dp: &mut DataParallel) -> Result<ParallelReport> {
     let all = Vec::<Vec<f64>>::try_from(&mine)?;
     let grad_bytes: i64 = sgd.params().iter().map(|p| p.numel() as i64 * 4).sum();
     Ok(ParallelReport {
-        device: engine::describe_device(device),
+        device: crate::device::describe(device),
         model: spec.describe(),
         input: a.input,
         batch: a.batch,
@@ -76,14 +78,20 @@ pub fn run(a: &BenchArgs, dp: &mut DataParallel) -> Result<ParallelReport> {
         all_reduce_share: all[1].iter().sum::<f64>() / dp.world() as f64,
         per_rank_images_per_sec: all[0].clone(),
         gradient_mb: grad_bytes as f64 / 1e6,
+        overlap: dp.overlapped,
     })
 }
 
 impl ParallelReport {
     pub fn print(&self) {
         println!(
-            "{} · {} · input {} · global batch {} over {} ranks",
-            self.device, self.model, self.input, self.batch, self.world
+            "{} · {} · input {} · global batch {} over {} ranks, gradients summed {} backward",
+            self.device,
+            self.model,
+            self.input,
+            self.batch,
+            self.world,
+            if self.overlap { "during" } else { "after" }
         );
         for (rank, r) in self.per_rank_images_per_sec.iter().enumerate() {
             println!("rank {rank:<3}                {r:>10.1} img/s");

@@ -141,7 +141,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     if let Some(d) = &args.data_dir {
         cfg.data.dir = Some(d.clone());
     }
-    let device = engine::resolve_device(&cfg.train.device)?;
+    let device = crate::device::resolve(&cfg.train.device)?;
     let crop = cfg.crop();
     let dataset = data::load(&cfg.data, crop, cfg.train.seed, device)?;
     let members = load_all(&args.checkpoint, device, Some(engine::model_card(&cfg, &dataset)))?;
@@ -230,7 +230,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
 }
 
 pub fn predict(args: &PredictArgs) -> Result<()> {
-    let device = engine::resolve_device(args.device.as_deref().unwrap_or("auto"))?;
+    let device = crate::device::resolve(args.device.as_deref().unwrap_or("auto"))?;
     let members = load_all(&args.checkpoint, device, None)?;
     let card = &members[0].card;
     let protocol = protocol(&args.views, card)?;

@@ -9,7 +9,7 @@ pub use train::train;
 use crate::cli::ConfigArgs;
 use crate::config::{Config, DatasetName, Layered};
 use crate::data;
-use crate::engine::{self, checkpoint, run_dir};
+use crate::engine::{checkpoint, run_dir};
 use crate::model::{card::CARD_KEY, Arch, Card, ModelSpec};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -41,7 +41,7 @@ pub fn info() -> Result<()> {
     println!("libtorch {}", env!("VGGTRAIN_LIBTORCH_VERSION"));
     let n = tch::Cuda::device_count();
     if tch::Cuda::is_available() {
-        let names = engine::cuda_names();
+        let names = crate::device::cuda_names();
         println!("CUDA available: yes, {n} device(s)");
         for i in 0..n as usize {
             println!(
@@ -296,7 +296,7 @@ fn newest_live_run(dir: &Path) -> Result<PathBuf> {
     std::fs::read_dir(dir)
         .with_context(|| format!("no runs directory at {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| run_dir::is_attachable(p))
+        .filter(|p| crate::attach::is_attachable(p))
         .max_by_key(|p| std::fs::metadata(p.join("pid")).and_then(|m| m.modified()).ok())
         .with_context(|| {
             format!(
@@ -324,10 +324,11 @@ pub fn bench(a: &crate::cli::BenchCli) -> Result<()> {
         trace: a.trace.clone(),
     };
     let timeout = std::time::Duration::from_secs(60);
-    match crate::dist::role(a.nproc_per_node)? {
-        crate::dist::Role::Launcher(n) => {
-            crate::dist::check_batch(a.batch, n)?;
-            match crate::dist::launch::run(n, timeout)? {
+    match crate::dist::role(&a.launch)? {
+        crate::dist::Role::Launcher(l) => {
+            crate::dist::check_batch(a.batch, l.nproc * l.nnodes)?;
+            crate::dist::check_gpus(&a.device, l.nproc)?;
+            match crate::dist::launch::run(&l, timeout)? {
                 0 => Ok(()),
                 code => bail!("a rank of the benchmark exited with code {code}"),
             }
@@ -335,6 +336,7 @@ pub fn bench(a: &crate::cli::BenchCli) -> Result<()> {
         crate::dist::Role::Rank(r) => {
             let device = crate::dist::settle_rank(&a.device, 0, &r)?;
             let (r, mut dp) = crate::dist::join(r, timeout)?;
+            dp.overlapped = !a.no_overlap;
             let report = crate::bench::parallel(&crate::bench::BenchArgs { device, ..args }, &mut dp)?;
             match (r.rank, a.json) {
                 (0, true) => println!("{}", serde_json::to_string(&report)?),

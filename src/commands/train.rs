@@ -12,8 +12,8 @@ use std::{collections::BTreeSet, io::IsTerminal, time::Duration};
 /// Trains; returns the process's exit code.
 pub fn train(mut args: TrainArgs) -> Result<i32> {
     let timeout = Duration::from_secs(args.dist_timeout);
-    let ranks = match dist::role(args.nproc_per_node)? {
-        Role::Launcher(n) => return launch(n, &mut args, timeout),
+    let ranks = match dist::role(&args.launch)? {
+        Role::Launcher(l) => return launch(&l, &mut args, timeout),
         Role::Rank(r) => Some(meet(r, &mut args, timeout)?),
         Role::Alone => None,
     };
@@ -41,6 +41,7 @@ pub fn train(mut args: TrainArgs) -> Result<i32> {
         resume: args.resume.clone(),
         explicit,
         parallel: ranks.map(|(_, dp)| dp),
+        observer: Some(crate::attach::observe()),
     };
     // Until a face takes the signals, SIGINT and SIGTERM end the preparation
     // (and SIGUSR1 does no harm).
@@ -92,17 +93,18 @@ fn keep_saved_config(args: &mut TrainArgs) {
 
 /// `--nproc-per-node N`: this machine's N ranks, once the batch is known
 /// to split between them.
-fn launch(n: usize, args: &mut TrainArgs, timeout: Duration) -> Result<i32> {
+fn launch(l: &dist::launch::Launch, args: &mut TrainArgs, timeout: Duration) -> Result<i32> {
     keep_saved_config(args);
     let config = super::layered(&args.config)?.config;
-    dist::check_batch(config.train.batch_size, n)?;
-    dist::launch::run(n, timeout)
+    dist::check_batch(config.train.batch_size, l.nproc * l.nnodes)?;
+    dist::check_gpus(&config.train.device, l.nproc)?;
+    dist::launch::run(l, timeout)
 }
 
 /// Meets the other ranks. Rank 0 first fetches the data when asked to
 /// (`data.download`; the others never do, see `rank_config`). After an
 /// elastic restart, every rank resumes the run that the launch's first
-/// attempt started (rank 0 named it in the store: `publish_run`).
+/// attempt started (rank 0 named it in the store: `share_run`).
 fn meet(r: Rendezvous, args: &mut TrainArgs, timeout: Duration) -> Result<(Rendezvous, DataParallel)> {
     if r.rank == 0 && r.attempt == 0 {
         keep_saved_config(args);

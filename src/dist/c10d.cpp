@@ -10,12 +10,18 @@
 
 #include "../native/guard.hpp"
 
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace {
 // Gloo for CPU tensors (and CUDA ones without NCCL), NCCL for CUDA tensors
@@ -38,9 +44,11 @@ const char* vgg_dist_error() { return vgg_last_error.c_str(); }
 // A group of `world` ranks meeting at host:port (rank 0 serves the store
 // unless `client_only`, e.g. torchrun's agent serves it), its keys under
 // `prefix` (one per elastic restart, as torch's own env:// rendezvous).
+// Gloo's own sockets use the interface GLOO_SOCKET_IFNAME names, else
+// `local` (this host's address towards `host`), else torch's default.
 // NULL on error.
 void* vgg_dist_init(const char* host, int port, int rank, int world, int client_only,
-                    int64_t timeout_ms, const char* prefix) {
+                    int64_t timeout_ms, const char* prefix, const char* local) {
   Group* out = nullptr;
   vgg_guard([&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
@@ -53,14 +61,11 @@ void* vgg_dist_init(const char* host, int port, int rank, int world, int client_
     auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
     auto store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix) + "/gloo", tcp);
     auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-    // Gloo's own socket: the interface GLOO_SOCKET_IFNAME names, loopback
-    // for a run on this machine, else this host's address (as torch does).
     const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
-    std::string h(host);
     if (ifname != nullptr && *ifname != 0) {
       options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
-    } else if (h == "127.0.0.1" || h == "localhost" || h == "::1") {
-      options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(host));
+    } else if (*local != 0) {
+      options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(local));
     } else {
       options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
     }
@@ -126,7 +131,145 @@ int vgg_dist_broadcast(void* group, void* tensor, int root) {
   });
 }
 
+// Shuts the backends down as destroy_process_group() does (NCCL warns at
+// exit otherwise), then frees the group. Every collective here was waited
+// for, so none is pending.
 void vgg_dist_free(void* group) {
-  vgg_guard([&] { delete static_cast<Group*>(group); });
+  vgg_guard([&] {
+    auto* g = static_cast<Group*>(group);
+    if (g->nccl) g->nccl->shutdown();
+    delete g;
+  });
+}
+}
+
+// Overlapped gradient sums (as DDP's reducer): each parameter's gradient is
+// copied into its bucket as autograd accumulates it, and a bucket is
+// all-reduced (asynchronously) as soon as it is whole, in bucket order on
+// every rank; `vgg_overlap_finish` waits for them after backward and copies
+// the sums back into the gradients.
+namespace {
+struct Overlap {
+  struct Bucket {
+    std::vector<size_t> members;
+    at::Tensor flat;
+    size_t pending = 0;
+    c10::intrusive_ptr<c10d::Work> work;
+  };
+  Group* group;
+  std::vector<at::Tensor> params;
+  std::vector<size_t> bucket_of;
+  std::vector<int64_t> offset_of;
+  std::vector<Bucket> buckets;
+  size_t next = 0;  // the first bucket not yet launched
+  std::mutex m;
+  std::string error;
+
+  // A parameter's gradient is there (autograd's thread).
+  void ready(size_t i) {
+    std::lock_guard<std::mutex> lock(m);
+    if (!error.empty()) return;
+    int code = vgg_guard([&] {
+      auto& b = buckets[bucket_of[i]];
+      const auto& p = params[i];
+      b.flat.narrow(0, offset_of[i], p.numel()).copy_(p.grad().reshape({-1}));
+      b.pending -= 1;
+      while (next < buckets.size() && buckets[next].pending == 0) {
+        std::vector<at::Tensor> ts{buckets[next].flat};
+        buckets[next].work = group->for_tensor(ts[0]).allreduce(ts);
+        next += 1;
+      }
+    });
+    if (code != 0) error = vgg_last_error;
+  }
+};
+
+struct ReadyHook : torch::autograd::PostAccumulateGradHook {
+  Overlap* overlap;
+  size_t index;
+  ReadyHook(Overlap* o, size_t i) : overlap(o), index(i) {}
+  void operator()(const torch::autograd::Variable&) override { overlap->ready(index); }
+};
+}  // namespace
+
+extern "C" {
+// Hooks `n` parameters (in the order autograd tends to finish them: the
+// last layers first) into buckets of at most `bucket_bytes`. NULL on error.
+void* vgg_overlap_new(void* group, void** params, int64_t n, int64_t bucket_bytes) {
+  Overlap* out = nullptr;
+  vgg_guard([&] {
+    auto o = std::make_unique<Overlap>();
+    o->group = static_cast<Group*>(group);
+    int64_t bytes = 0;
+    for (int64_t i = 0; i < n; i++) {
+      const auto& p = *static_cast<at::Tensor*>(params[i]);
+      int64_t b = p.numel() * static_cast<int64_t>(p.element_size());
+      if (o->buckets.empty() || (!o->buckets.back().members.empty() && bytes + b > bucket_bytes)) {
+        o->buckets.emplace_back();
+        bytes = 0;
+      }
+      auto& bucket = o->buckets.back();
+      o->bucket_of.push_back(o->buckets.size() - 1);
+      o->offset_of.push_back(bytes / static_cast<int64_t>(p.element_size()));
+      bucket.members.push_back(i);
+      bytes += b;
+      o->params.push_back(p);
+    }
+    for (auto& bucket : o->buckets) {
+      int64_t numel = 0;
+      for (auto i : bucket.members) numel += o->params[i].numel();
+      bucket.flat = at::empty({numel}, o->params[bucket.members[0]].options());
+      bucket.pending = bucket.members.size();
+    }
+    for (size_t i = 0; i < o->params.size(); i++) {
+      torch::autograd::impl::set_post_acc_grad_hooks(o->params[i], std::make_unique<ReadyHook>(o.get(), i));
+    }
+    out = o.release();
+  });
+  return out;
+}
+
+// After backward: waits for every bucket's sum and puts it into the
+// gradients, ready for the next step. -1 on error (a gradient that never
+// came, a failed collective).
+int vgg_overlap_finish(void* overlap) {
+  auto* o = static_cast<Overlap*>(overlap);
+  return vgg_guard([&] {
+    std::lock_guard<std::mutex> lock(o->m);
+    auto reset = [&] {
+      for (auto& b : o->buckets) {
+        b.pending = b.members.size();
+        b.work.reset();
+      }
+      o->next = 0;
+    };
+    if (!o->error.empty()) {
+      auto e = o->error;
+      o->error.clear();
+      reset();
+      throw std::runtime_error(e);
+    }
+    if (o->next < o->buckets.size()) {
+      reset();
+      throw std::runtime_error("a parameter got no gradient in this backward pass");
+    }
+    for (auto& b : o->buckets) {
+      b.work->wait();
+      for (auto i : b.members) {
+        auto& p = o->params[i];
+        p.mutable_grad().copy_(b.flat.narrow(0, o->offset_of[i], p.numel()).view(p.sizes()));
+      }
+    }
+    reset();
+  });
+}
+
+// Unhooks the parameters and frees the buckets.
+void vgg_overlap_free(void* overlap) {
+  vgg_guard([&] {
+    auto* o = static_cast<Overlap*>(overlap);
+    for (auto& p : o->params) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
+    delete o;
+  });
 }
 }

@@ -18,6 +18,7 @@ pub use parallel::{DataParallel, Signal, Terms};
 use anyhow::{bail, Context, Result};
 use std::{
     ffi::{c_char, c_int, c_void, CStr, CString},
+    net::ToSocketAddrs,
     time::Duration,
 };
 use tch::Tensor;
@@ -32,6 +33,7 @@ extern "C" {
         client_only: c_int,
         timeout_ms: i64,
         prefix: *const c_char,
+        local: *const c_char,
     ) -> *mut c_void;
     fn vgg_dist_store_set(group: *mut c_void, key: *const c_char, value: *const c_char) -> c_int;
     fn vgg_dist_store_get(group: *mut c_void, key: *const c_char, out: *mut c_char, cap: i64) -> c_int;
@@ -39,6 +41,9 @@ extern "C" {
     fn vgg_dist_broadcast(group: *mut c_void, tensor: *mut c_void, root: c_int) -> c_int;
     fn vgg_dist_cuda_backend(group: *mut c_void) -> *const c_char;
     fn vgg_dist_free(group: *mut c_void);
+    fn vgg_overlap_new(group: *mut c_void, params: *mut *mut c_void, n: i64, bucket_bytes: i64) -> *mut c_void;
+    fn vgg_overlap_finish(overlap: *mut c_void) -> c_int;
+    fn vgg_overlap_free(overlap: *mut c_void);
 }
 
 /// The shim's message for the last call on this thread that failed.
@@ -126,28 +131,49 @@ pub fn check_batch(batch: i64, world: usize) -> Result<()> {
     Ok(())
 }
 
+/// A launcher's `n` ranks each take a GPU of this machine where the
+/// configured device is CUDA (see `rank_device`): refused before any rank
+/// starts unless libtorch sees `n`.
+pub fn check_gpus(configured: &str, n: usize) -> Result<()> {
+    let cuda = match crate::device::parse(configured)? {
+        None => tch::Cuda::is_available(),
+        Some(d) => d.is_cuda(),
+    };
+    let seen = tch::Cuda::device_count().max(0) as usize;
+    if cuda && seen < n {
+        let fewer = match seen {
+            0 => String::new(),
+            k => format!("--nproc-per-node {k}, or "),
+        };
+        bail!(
+            "--nproc-per-node {n} with train.device = {configured} needs {n} GPUs, one a rank, but libtorch sees {seen} CUDA device(s) here: start {fewer}train on the CPU (--device cpu)"
+        );
+    }
+    Ok(())
+}
+
 /// What this process is in a launch.
 pub enum Role {
     /// No launcher started it, and it starts none.
     Alone,
-    /// It starts this machine's N ranks (`--nproc-per-node N`).
-    Launcher(usize),
+    /// It starts this machine's ranks (`--nproc-per-node`, `--nnodes`).
+    Launcher(launch::Launch),
     /// One of the ranks a launcher started (torchrun, SLURM, vggtrain).
     Rank(Rendezvous),
 }
 
-/// This process's role, from the launcher's environment and
-/// `--nproc-per-node` (`nproc`); a launcher's rank may not launch again.
-pub fn role(nproc: Option<u16>) -> Result<Role> {
+/// This process's role, from the launcher's environment and the launch
+/// flags; a launcher's rank may not launch again.
+pub fn role(flags: &crate::cli::LaunchArgs) -> Result<Role> {
     let r = Rendezvous::from_env(|k| std::env::var(k).ok())?;
-    Ok(match (r, nproc.filter(|&n| n > 1)) {
+    Ok(match (r, launch::Launch::from_args(flags)?) {
         (Some(r), Some(_)) => bail!(
-            "--nproc-per-node in rank {} of a launch that started {} ranks already (torchrun, SLURM): leave it out",
+            "--nproc-per-node or --nnodes in rank {} of a launch that started {} ranks already (torchrun, SLURM): leave it out",
             r.rank,
             r.world
         ),
         (Some(r), None) => Role::Rank(r),
-        (None, Some(n)) => Role::Launcher(n.into()),
+        (None, Some(l)) => Role::Launcher(l),
         (None, None) => Role::Alone,
     })
 }
@@ -156,7 +182,7 @@ pub fn role(nproc: Option<u16>) -> Result<Role> {
 /// is CUDA (`cuda`, any `cuda:N`, which rank 0 saved in the run, or `auto`
 /// on a machine with CUDA); else as configured.
 pub fn rank_device(configured: &str, local_rank: usize) -> Result<String> {
-    Ok(match crate::engine::parse_device(configured)? {
+    Ok(match crate::device::parse(configured)? {
         None if !tch::Cuda::is_available() => configured.to_owned(),
         None | Some(tch::Device::Cuda(_)) => format!("cuda:{local_rank}"),
         Some(_) => configured.to_owned(),
@@ -167,7 +193,7 @@ pub fn rank_device(configured: &str, local_rank: usize) -> Result<String> {
 /// machine's cores, set in libtorch unless `threads` (train.threads) says.
 pub fn settle_rank(device: &str, threads: i32, r: &Rendezvous) -> Result<String> {
     let device = rank_device(device, r.local_rank)?;
-    let cuda = crate::engine::resolve_device(&device)?.is_cuda();
+    let cuda = crate::device::resolve(&device)?.is_cuda();
     if threads == 0 && !cuda {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         tch::set_num_threads((cores / r.local_world.max(1)).max(1) as i32);
@@ -184,6 +210,29 @@ pub fn leads(dp: Option<&DataParallel>) -> bool {
 pub fn join(r: Rendezvous, timeout: Duration) -> Result<(Rendezvous, DataParallel)> {
     let group = ProcessGroup::join(&r, timeout)?;
     Ok((r, DataParallel::new(group)))
+}
+
+/// This host's address towards the rendezvous at `host:port`, for Gloo's
+/// own sockets: the host itself when it is this machine's loopback, else
+/// the source address the routing table picks to reach it (no packet is
+/// sent); empty when there is none (torch's default then).
+fn local_address(host: &str, port: u16) -> String {
+    let to = (host, port).to_socket_addrs().ok().and_then(|mut a| a.next());
+    match to {
+        Some(a) if a.ip().is_loopback() => host.to_owned(),
+        Some(a) => {
+            let any: std::net::SocketAddr = if a.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                ([0u16; 8], 0).into()
+            };
+            std::net::UdpSocket::bind(any)
+                .and_then(|s| s.connect(a).and_then(|_| s.local_addr()))
+                .map(|l| l.ip().to_string())
+                .unwrap_or_default()
+        }
+        None => String::new(),
+    }
 }
 
 /// LOCAL_WORLD_SIZE (torchrun), or the leading number of
@@ -204,6 +253,9 @@ pub struct ProcessGroup {
     pub rank: usize,
     pub world: usize,
     timeout: Duration,
+    /// The run's directory, once rank 0 named it (for the errors' resume
+    /// command).
+    run: Option<std::path::PathBuf>,
 }
 
 // The group is used by one thread at a time (the engine's); c10d's own
@@ -216,6 +268,7 @@ impl ProcessGroup {
     /// there within `timeout`, which also bounds every later collective.
     pub fn join(r: &Rendezvous, timeout: Duration) -> Result<ProcessGroup> {
         let host = CString::new(r.host.as_str()).context("MASTER_ADDR holds a NUL byte")?;
+        let local = CString::new(local_address(&r.host, r.port))?;
         // Each restart meets under its own keys, as torch's env:// does.
         let prefix = CString::new(format!("vggtrain/attempt_{}", r.attempt))?;
         let group = unsafe {
@@ -227,6 +280,7 @@ impl ProcessGroup {
                 r.agent_store as c_int,
                 timeout.as_millis() as i64,
                 prefix.as_ptr(),
+                local.as_ptr(),
             )
         };
         if group.is_null() {
@@ -245,14 +299,26 @@ impl ProcessGroup {
             rank: r.rank,
             world: r.world,
             timeout,
+            run: None,
         })
     }
 
     fn check(&self, what: &str, code: c_int) -> Result<()> {
         if code != 0 {
+            let peer = match self.world {
+                2 => format!("rank {}", 1 - self.rank),
+                _ => "another rank".to_owned(),
+            };
+            let resume = match &self.run {
+                Some(run) => format!(
+                    "`vggtrain train --resume {}` with the same launch on every machine",
+                    run.display()
+                ),
+                None => "a new start".to_owned(),
+            };
             bail!(
-                "{what} on rank {} of {} failed: another rank is gone, or did not answer within {}s \
-                 (--dist-timeout); resume the run from its newest checkpoint: {}",
+                "{what} on rank {} of {} failed: {peer} is gone, or did not answer within {}s (--dist-timeout): {}; \
+                 the run goes on from its newest checkpoint with {resume}",
                 self.rank,
                 self.world,
                 self.timeout.as_secs(),
@@ -295,6 +361,26 @@ impl ProcessGroup {
         Ok((code == 1).then(|| unsafe { CStr::from_ptr(out.as_ptr()) }.to_string_lossy().into_owned()))
     }
 
+    /// Hooks `params` so that their gradients are summed over the ranks
+    /// while backward runs, in buckets of at most `bucket_bytes` (filled in
+    /// the order autograd finishes them: the last layers first), as DDP's
+    /// reducer does; `finish` after each backward. The group must outlive it.
+    pub fn overlap(&self, params: &[Tensor], bucket_bytes: i64) -> Result<Overlap> {
+        let mut ptrs: Vec<*mut c_void> = params.iter().rev().map(|p| p.as_ptr() as *mut c_void).collect();
+        let ptr = unsafe { vgg_overlap_new(self.group, ptrs.as_mut_ptr(), ptrs.len() as i64, bucket_bytes) };
+        if ptr.is_null() {
+            bail!("cannot hook the gradients for overlapped sums: {}", last_error());
+        }
+        Ok(Overlap(ptr))
+    }
+
+    /// Waits for the overlapped sums of this backward pass, and puts them
+    /// into the gradients.
+    pub fn finish(&self, o: &mut Overlap) -> Result<()> {
+        let code = unsafe { vgg_overlap_finish(o.0) };
+        self.check("all-reduce", code)
+    }
+
     /// The backend that CUDA tensors go through: "nccl" where built and a
     /// GPU is there, else "gloo" (CPU tensors always go through Gloo).
     pub fn cuda_backend(&self) -> String {
@@ -307,5 +393,19 @@ impl ProcessGroup {
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
         unsafe { vgg_dist_free(self.group) }
+    }
+}
+
+/// Parameters hooked for overlapped gradient sums (`ProcessGroup::overlap`);
+/// dropping it unhooks them.
+pub struct Overlap(*mut c_void);
+
+// Used by the engine's thread, and by autograd's through the hooks, which
+// the shim's lock serialises.
+unsafe impl Send for Overlap {}
+
+impl Drop for Overlap {
+    fn drop(&mut self) {
+        unsafe { vgg_overlap_free(self.0) }
     }
 }

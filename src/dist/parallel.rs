@@ -5,7 +5,7 @@
 //! agree at every step boundary on what rank 0's faces asked for and on a
 //! stop (`agree`). A single-process run has no `DataParallel` and pays
 //! nothing.
-use super::ProcessGroup;
+use super::{Overlap, ProcessGroup};
 use anyhow::{bail, Result};
 use std::time::{Duration, Instant};
 use tch::{Kind, Tensor};
@@ -47,6 +47,11 @@ pub struct Terms {
 }
 
 pub struct DataParallel {
+    /// The parameters' hooks, from the second step on (declared before
+    /// the group: dropped first, as it uses the group).
+    overlap: Option<Overlap>,
+    /// Whether gradients are summed while backward runs (else after it).
+    pub overlapped: bool,
     group: ProcessGroup,
     /// Time spent summing gradients, since the start.
     pub reduce_time: Duration,
@@ -55,6 +60,8 @@ pub struct DataParallel {
 impl DataParallel {
     pub fn new(group: ProcessGroup) -> DataParallel {
         DataParallel {
+            overlap: None,
+            overlapped: true,
             group,
             reduce_time: Duration::ZERO,
         }
@@ -100,14 +107,24 @@ impl DataParallel {
     }
 
     /// Sums the gradients of `params` over the ranks, and `stats` with
-    /// them, in place.
+    /// them, in place. The first time after backward; then (`overlapped`)
+    /// the parameters are hooked, and later sums start while backward runs:
+    /// this waits for them.
     pub fn reduce(&mut self, params: &[Tensor], stats: &mut Tensor) -> Result<()> {
         let started = Instant::now();
-        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
-        if grads.iter().any(|g| !g.defined()) {
-            bail!("a parameter has no gradient to reduce");
+        match &mut self.overlap {
+            Some(o) => self.group.finish(o)?,
+            None => {
+                let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
+                if grads.iter().any(|g| !g.defined()) {
+                    bail!("a parameter has no gradient to reduce");
+                }
+                bucketed(&grads, |flat| self.group.all_reduce_sum(flat))?;
+                if self.overlapped {
+                    self.overlap = Some(self.group.overlap(params, BUCKET_BYTES)?);
+                }
+            }
         }
-        bucketed(&grads, |flat| self.group.all_reduce_sum(flat))?;
         self.group.all_reduce_sum(stats)?;
         self.reduce_time += started.elapsed();
         Ok(())
@@ -162,8 +179,20 @@ impl DataParallel {
         })
     }
 
+    /// Every rank learns the run's directory from rank 0 (which gives it:
+    /// `run`), names it in its errors, and rank 0 names it in the store for
+    /// an elastic restart.
+    pub fn share_run(&mut self, run: Option<&std::path::Path>) -> Result<std::path::PathBuf> {
+        let dir = std::path::PathBuf::from(self.share_text(&run.map(|r| r.to_string_lossy()).unwrap_or_default())?);
+        if self.rank() == 0 {
+            self.group.store_set(RUN_KEY, &dir.to_string_lossy())?;
+        }
+        self.group.run = Some(dir.clone());
+        Ok(dir)
+    }
+
     /// Every rank's copy of rank 0's `text` (the others' is ignored).
-    pub fn share_text(&self, text: &str) -> Result<String> {
+    fn share_text(&self, text: &str) -> Result<String> {
         let mut len = Tensor::from_slice(&[text.len() as i64]);
         self.group.broadcast(&mut len, 0)?;
         let n = len.int64_value(&[0]) as usize;
@@ -198,11 +227,6 @@ impl DataParallel {
             );
         }
         Ok(())
-    }
-
-    /// Rank 0 names the run's directory for an elastic restart.
-    pub fn publish_run(&self, run: &std::path::Path) -> Result<()> {
-        self.group.store_set(RUN_KEY, &run.to_string_lossy())
     }
 
     /// The run an earlier attempt of this launch published, if any.

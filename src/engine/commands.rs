@@ -1,5 +1,5 @@
 //! The commands of the faces, as the engine takes them: the face's first,
-//! then the attached clients' (through a bounded queue).
+//! then the observer's (the attach server's clients, through a bounded queue).
 use crate::control::Command;
 use crossbeam_channel::{never, Receiver, Select};
 use std::{collections::VecDeque, time::Duration};
@@ -7,7 +7,7 @@ use std::{collections::VecDeque, time::Duration};
 /// Commands held while a pass looks for a stop request, at most.
 const PENDING: usize = 1024;
 
-/// Where commands come from: the face (never refused) and the attached
+/// Where commands come from: the face (never refused) and the observer's
 /// clients (through a bounded queue); a source that closes is left. Those
 /// read while looking for a stop wait in `pending`, in order.
 pub struct Commands {

@@ -19,9 +19,8 @@ mod worker;
 pub use batches::Batches;
 pub use prepare::card as model_card;
 
-use crate::attach::{self, server::Hub};
 use crate::config::Config;
-use crate::control::{Command, Event};
+use crate::control::{Command, Event, Observe, Observer};
 use crate::data;
 use crate::dist::DataParallel;
 use crate::model::Vgg;
@@ -38,52 +37,6 @@ use std::{
     time::Duration,
 };
 use tch::{Device, Kind, Tensor};
-
-/// `device = "auto" | "cpu" | "cuda" | "cuda:N"`.
-pub fn parse_device(s: &str) -> Result<Option<Device>> {
-    Ok(match s.trim() {
-        "auto" => None,
-        "cpu" => Some(Device::Cpu),
-        "cuda" => Some(Device::Cuda(0)),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => Some(Device::Cuda(n)),
-            None => bail!("train.device = `{other}`: expected auto, cpu, cuda or cuda:N"),
-        },
-    })
-}
-
-/// The configured device; "auto" is CUDA when present.
-pub fn resolve_device(s: &str) -> Result<Device> {
-    match parse_device(s)? {
-        None => Ok(Device::cuda_if_available()),
-        Some(Device::Cuda(n)) if n as i64 >= tch::Cuda::device_count() => bail!(
-            "train.device = {s}, but libtorch sees {} CUDA device(s)",
-            tch::Cuda::device_count()
-        ),
-        Some(d) => Ok(d),
-    }
-}
-
-/// CUDA device names from nvidia-smi (libtorch's C API has none).
-pub fn cuda_names() -> Vec<String> {
-    std::process::Command::new("nvidia-smi")
-        .args(["--query-gpu=name", "--format=csv,noheader"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect())
-        .unwrap_or_default()
-}
-
-/// "cuda:0 NVIDIA H100" or "cpu x2".
-pub fn describe_device(d: Device) -> String {
-    match d {
-        Device::Cuda(n) => {
-            let name = cuda_names().get(n).cloned().unwrap_or_else(|| "CUDA".into());
-            format!("cuda:{n} {name}")
-        }
-        _ => format!("cpu x{}", tch::get_num_threads()),
-    }
-}
 
 /// A data-parallel step's group, and the images of the whole batch (this
 /// rank's share and the others').
@@ -157,6 +110,7 @@ pub struct EngineHandle {
     pub run_dir: PathBuf,
     /// Where the run trains.
     pub device: Device,
+    observer: Option<Arc<dyn Observer>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -164,6 +118,15 @@ impl EngineHandle {
     /// Sends a command; a finished engine ignores it.
     pub fn send(&self, c: Command) {
         let _ = self.commands.send(c);
+    }
+
+    /// The process leaves at once, with the engine still running (a forced
+    /// quit): the run is no longer live, and the observer's files go.
+    pub fn abandon(&self) {
+        run_dir::abandon(&self.run_dir);
+        if let Some(o) = &self.observer {
+            o.abandon();
+        }
     }
 
     /// Waits for the worker thread to end.
@@ -174,15 +137,14 @@ impl EngineHandle {
     }
 }
 
-/// Events go to the run directory first, then to the attached clients
-/// through the hub (which never blocks), then to the face, which may be
-/// slow or gone: step events are dropped when its queue is full, the others
-/// wait briefly.
+/// Events go to the run directory first, then to the observer (which
+/// never blocks), then to the face, which may be slow or gone: step events
+/// are dropped when its queue is full, the others wait briefly.
 pub struct Sink {
     tx: Sender<Event>,
     run: RunDir,
     disk_warned: bool,
-    hub: Option<Arc<Hub>>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl Sink {
@@ -198,8 +160,8 @@ impl Sink {
                 });
             }
         }
-        if let Some(hub) = &self.hub {
-            hub.publish(&e);
+        if let Some(o) = &self.observer {
+            o.publish(&e);
         }
         if matches!(e, Event::Step { .. }) {
             let _ = self.tx.try_send(e);
@@ -209,9 +171,9 @@ impl Sink {
     }
 }
 
-/// Commands from attached clients waiting for the engine, at most (more are
+/// Commands from the observer waiting for the engine, at most (more are
 /// refused).
-const CLIENT_COMMANDS: usize = 256;
+const OBSERVER_COMMANDS: usize = 256;
 
 /// What to start: a new run of `config`, or the run `resume` continued
 /// with it (see `resume::POLICIES` for what may change).
@@ -224,6 +186,9 @@ pub struct Start {
     /// One rank of a data-parallel run: rank 0 owns the run directory and
     /// the faces, the others follow it (see `Worker::run`).
     pub parallel: Option<DataParallel>,
+    /// A face fed beside the handle's (`attach::observe`), opened with the
+    /// run directory (by rank 0 only).
+    pub observer: Option<Observe>,
 }
 
 impl Start {
@@ -233,6 +198,7 @@ impl Start {
             resume: None,
             explicit: BTreeSet::new(),
             parallel: None,
+            observer: None,
         }
     }
 
@@ -272,7 +238,8 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 /// abandons the start (`Interrupted`).
 pub fn spawn(mut start: Start, interrupted: &dyn Fn() -> Option<i32>) -> Result<EngineHandle> {
     start.config.validate()?;
-    let parallel = start.parallel.take();
+    let mut parallel = start.parallel.take();
+    let observe = start.observer.take();
     let leader = crate::dist::leads(parallel.as_ref());
     match &start.resume {
         None => start.config.validate_inputs()?,
@@ -282,32 +249,35 @@ pub fn spawn(mut start: Start, interrupted: &dyn Fn() -> Option<i32>) -> Result<
         Some(_) => {}
     }
     data::locate(&start.config.data)?;
-    resolve_device(&start.config.train.device)?;
+    crate::device::resolve(&start.config.train.device)?;
     let resume = start.resume.clone();
     let (ready_tx, ready_rx) = bounded(1);
     let (go_tx, go_rx) = bounded(1);
     let (cmd_tx, cmd_rx) = unbounded();
     let (ev_tx, ev_rx) = bounded(4096);
-    let (client_tx, client_rx) = bounded(CLIENT_COMMANDS);
-    let cmds = commands::Commands::new(cmd_rx, client_rx);
+    let (observer_tx, observer_rx) = bounded(OBSERVER_COMMANDS);
+    let cmds = commands::Commands::new(cmd_rx, observer_rx);
     let thread = std::thread::Builder::new()
         .name("vggtrain-engine".into())
         .spawn(move || engine_thread(start, ready_tx, go_rx, cmds))?;
     let ready = wait_ready(&ready_rx, interrupted)?;
-    let (run, hub, notes) = match &parallel {
+    let (run, observer, notes) = match &mut parallel {
         Some(p) if p.rank() > 0 => {
             // Rank 0 names the run; this rank logs beside it.
-            let dir = PathBuf::from(p.share_text("")?);
+            let dir = p.share_run(None)?;
             (RunDir::follower(&dir, p.rank())?, None, Vec::new())
         }
         _ => {
             let (run, mut notes) = open_run(&ready, resume.as_deref())?;
-            let hub = start_hub(&run, &ready.config, client_tx, &mut notes);
-            if let Some(p) = &parallel {
-                p.share_text(&run.path.to_string_lossy())?;
-                p.publish_run(&run.path)?;
+            let observer = observe.and_then(|open| {
+                let (observer, said) = open(&run.path, ready.config.to_toml(), observer_tx);
+                notes.extend(said);
+                observer
+            });
+            if let Some(p) = &mut parallel {
+                p.share_run(Some(&run.path))?;
             }
-            (run, hub, notes)
+            (run, observer, notes)
         }
     };
     let run_dir = run.path.clone();
@@ -315,7 +285,7 @@ pub fn spawn(mut start: Start, interrupted: &dyn Fn() -> Option<i32>) -> Result<
         tx: ev_tx,
         run,
         disk_warned: false,
-        hub,
+        observer: observer.clone(),
     };
     let notes = notes.into_iter().map(|message| Event::Log { message }).collect();
     if go_tx.send((sink, notes, parallel)).is_err() {
@@ -325,7 +295,8 @@ pub fn spawn(mut start: Start, interrupted: &dyn Fn() -> Option<i32>) -> Result<
         commands: cmd_tx,
         events: ev_rx,
         run_dir,
-        device: resolve_device(&ready.config.train.device)?,
+        device: crate::device::resolve(&ready.config.train.device)?,
+        observer,
         thread: Some(thread),
     })
 }
@@ -369,8 +340,8 @@ fn engine_thread(
         sink.emit(Event::Failed { message });
     }
     sink.run.close();
-    if let Some(hub) = &sink.hub {
-        hub.close();
+    if let Some(o) = &sink.observer {
+        o.close();
     }
 }
 
@@ -385,26 +356,6 @@ fn wait_ready(rx: &Receiver<Result<Ready>>, interrupted: &dyn Fn() -> Option<i32
                 }
             }
             Err(RecvTimeoutError::Disconnected) => bail!("the engine ended while preparing the run"),
-        }
-    }
-}
-
-/// The control socket for `vggtrain attach`. Attaching is a convenience:
-/// a run starts without it, and says why (in `notes`).
-fn start_hub(run: &RunDir, config: &Config, clients: Sender<Command>, notes: &mut Vec<String>) -> Option<Arc<Hub>> {
-    match Hub::start(&run.path, config.to_toml(), clients) {
-        Ok((hub, stale)) => {
-            if stale {
-                notes.push("replaced the control socket left by an earlier process of this run".to_owned());
-            }
-            Some(hub)
-        }
-        Err(e) => {
-            notes.push(format!(
-                "warning: attaching is off for this run: cannot listen on {}: {e}",
-                attach::socket_path(&run.path).display()
-            ));
-            None
         }
     }
 }

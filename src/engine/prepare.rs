@@ -83,7 +83,7 @@ pub fn compute_threads(threads: i32, device: tch::Device) -> Option<i32> {
 pub fn prepare(cfg: Config, resume: Option<&Path>, explicit: &BTreeSet<String>) -> Result<Prepared> {
     let resumed = resume.map(|dir| settle_resume(dir, &cfg, explicit)).transpose()?;
     let cfg = resumed.as_ref().map_or(cfg, |r| r.settled.config.clone());
-    let device = super::resolve_device(&cfg.train.device)?;
+    let device = crate::device::resolve(&cfg.train.device)?;
     if let Some(n) = compute_threads(cfg.train.threads, device) {
         tch::set_num_threads(n);
     }

@@ -129,10 +129,9 @@ impl RunDir {
 }
 
 /// The process leaves at once, with its engine still running (a forced
-/// quit): the run is no longer live, and its socket goes.
+/// quit): the run is no longer live.
 pub fn abandon(run: &Path) {
     let _ = fs::remove_file(run.join("pid"));
-    let _ = fs::remove_file(crate::attach::socket_path(run));
 }
 
 /// The run's lock file: whoever holds it (flock) trains the run.
@@ -200,11 +199,6 @@ pub fn is_live(run: &Path) -> bool {
             .and_then(|s| s.trim().parse::<i32>().ok())
             .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0),
     }
-}
-
-/// Whether a run is live and listening for `vggtrain attach`.
-pub fn is_attachable(run: &Path) -> bool {
-    is_live(run) && crate::attach::socket_path(run).exists()
 }
 
 /// Only the user may read a run (it can hold a control socket).

@@ -180,7 +180,7 @@ impl Run<'_> {
             model: w.model.spec.describe(),
             parameters: w.model.spec.parameter_count(),
             dataset: format!("{} ({})", w.data.name.as_str(), w.data.dir.display()),
-            device: super::describe_device(w.batches.device),
+            device: crate::device::describe(w.batches.device),
             classes: w.data.classes.clone(),
             epochs: w.cfg.train.epochs,
             steps_per_epoch: self.steps(),

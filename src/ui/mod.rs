@@ -423,7 +423,7 @@ pub fn run(handle: EngineHandle, progress: crate::headless::Progress) -> Result<
             // Leave without waiting for the engine, and without running the
             // exit handlers: libtorch's static destructors would race the
             // engine thread, which is still computing.
-            crate::engine::run_dir::abandon(&handle.run_dir);
+            handle.abandon();
             report(&app, stderr_log.as_deref());
             let _ = std::io::stdout().flush();
             unsafe { libc::_exit(code) }
@@ -457,7 +457,10 @@ pub fn run(handle: EngineHandle, progress: crate::headless::Progress) -> Result<
 pub fn attach(conn: Connection) -> Result<i32> {
     let mut app = App::attached(&conn.snapshot).with_no_color(theme::no_color_from_env());
     let (mut screen, _) = Screen::open(None).context("vggtrain attach needs a terminal")?;
-    let outcome = screen.run(&mut app, &conn.events, &conn.commands, &never());
+    // The run is on this host (the socket is local): its GPU, as the
+    // local face shows it.
+    let gpus = conn.snapshot.device().and_then(crate::gpu::watch).unwrap_or_else(never);
+    let outcome = screen.run(&mut app, &conn.events, &conn.commands, &gpus);
     let (signals, _) = screen.close(matches!(outcome, Ok(Exit::TerminalGone)));
     signals.close();
     conn.close();

@@ -66,6 +66,12 @@ fn bad_input_is_a_clear_error_with_exit_2() {
             "a batch of 7 does not split between 2 ranks",
         ),
         (&[], &["--dist-timeout", "0"], "--dist-timeout"),
+        // More ranks than GPUs (none here): refused before any rank starts.
+        (
+            &[],
+            &["--nproc-per-node", "2", "--device", "cuda"],
+            "--nproc-per-node 2 with train.device = cuda needs 2 GPUs, one a rank, but libtorch sees 0",
+        ),
     ];
     for (vars, flags, want) in launched {
         let o = bin()

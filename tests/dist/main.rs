@@ -6,7 +6,9 @@
 //! - `training`: 2 ranks compute what one process does (`--nproc-per-node`
 //!   and torchrun); rank 0's commands reach rank 1 at the same step;
 //! - `faults`: a rank killed or hung ends the others within the timeout,
-//!   and the run resumes (by hand, and by torchrun's elastic restart).
+//!   and the run resumes (by hand, and by torchrun's elastic restart);
+//! - `hosts`: two hosts made of network namespaces: both launchers, a cut
+//!   link, the launcher's bad flags.
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -19,6 +21,7 @@ use vggtrain::engine::checkpoint;
 mod common;
 mod faults;
 mod group;
+mod hosts;
 mod training;
 
 pub fn free_port() -> u16 {

@@ -5,11 +5,15 @@ use vggtrain::attach::client;
 use vggtrain::control::{CheckpointReason, Command, Event};
 
 /// One process at batch 8, then `launch` (2 ranks at a global batch of 8,
-/// 4 images each): the same weights, to 1e-5, after 2 epochs of 6 steps.
-fn same_as_one_process(runs: &Path, name: &str, launch: impl FnOnce(Vec<String>) -> std::process::Output) {
-    let alone = common::ok(common::bin().args(tiny(runs, "alone", 8, 2, 64)).output().unwrap());
+/// 4 images each): the same weights, to 1e-5, after 2 epochs of 3 steps.
+/// Kept short: the two sum in another order, and a rounding difference
+/// grows until a ReLU or max-pool decides otherwise in one of them (from
+/// the 8th step on here, for some seeds; the same single process with 2
+/// threads instead of 1 then stays with the 2 ranks, to 1e-7).
+pub(super) fn same_as_one_process(runs: &Path, name: &str, launch: impl FnOnce(Vec<String>) -> std::process::Output) {
+    let alone = common::ok(common::bin().args(tiny(runs, "alone", 8, 2, 24)).output().unwrap());
     assert!(!alone.contains("ranks"), "{alone}");
-    let out = launch(tiny(runs, name, 8, 2, 64));
+    let out = launch(tiny(runs, name, 8, 2, 24));
     let text = common::text(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("| 2 ranks |"), "the run says it has 2 ranks: {text}");
@@ -146,6 +150,7 @@ fn bench_reports_each_rank_the_total_and_the_all_reduce() {
     let share = report["all_reduce_share"].as_f64().unwrap();
     assert!(share > 0.0 && share < 1.0, "{report}");
     assert!(report["gradient_mb"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["overlap"], true, "sums run while backward does: {report}");
 }
 
 /// The events of a connection until `pred` holds.

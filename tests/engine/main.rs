@@ -143,3 +143,58 @@ fn small_card() -> vggtrain::model::Card {
         std: None,
     }
 }
+
+/// The paths from `crate::` a source file names, comments left out; a
+/// group (`crate::{a, b::c}`) gives one path per member.
+fn crate_paths(file: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(file).unwrap();
+    let code: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut out = Vec::new();
+    for (i, _) in code.match_indices("crate::") {
+        let rest = &code[i + "crate::".len()..];
+        match rest.strip_prefix('{') {
+            Some(group) => {
+                let group = &group[..group.find('}').unwrap_or(group.len())];
+                out.extend(group.split(',').map(|m| format!("crate::{}", m.trim())));
+            }
+            None => out.push(format!("crate::{rest}")),
+        }
+    }
+    out
+}
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(rust_files(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_engine_imports_no_face_and_the_config_no_engine() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let engine = rust_files(&src.join("engine"));
+    assert!(engine.len() > 5, "{engine:?}");
+    for f in engine {
+        for p in crate_paths(&f) {
+            for face in ["crate::attach", "crate::ui", "crate::headless"] {
+                assert!(!p.starts_with(face), "{} names a face: {p}", f.display());
+            }
+        }
+    }
+    for f in ["config.rs", "device.rs", "control.rs"] {
+        for p in crate_paths(&src.join(f)) {
+            assert!(!p.starts_with("crate::engine"), "{f} names the engine: {p}");
+        }
+    }
+}
