@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 ARGS=(--model D --width 4 --input 32 --batch 128)
-BIN=target/release/vggtrain
+BIN=${CARGO_TARGET_DIR:-target}/release/vggtrain
 [ -x $BIN ] || cargo build --release
 export PYTHONPATH=${PYTHONPATH:-$(readlink -f .libtorch)/..}
 for r in $(seq "$ROUNDS"); do

@@ -361,10 +361,11 @@ impl ProcessGroup {
         Ok((code == 1).then(|| unsafe { CStr::from_ptr(out.as_ptr()) }.to_string_lossy().into_owned()))
     }
 
-    /// Hooks `params` so that their gradients are summed over the ranks
-    /// while backward runs, in buckets of at most `bucket_bytes` (filled in
-    /// the order autograd finishes them: the last layers first), as DDP's
-    /// reducer does; `finish` after each backward. The group must outlive it.
+    /// Hooks `params` (in the order forward uses them) so that their
+    /// gradients are summed over the ranks while backward runs, in buckets
+    /// of at most `bucket_bytes` filled in reverse (the order backward
+    /// finishes them), as DDP's reducer does; `finish` after each backward.
+    /// The group must outlive it.
     pub fn overlap(&self, params: &[Tensor], bucket_bytes: i64) -> Result<Overlap> {
         let mut ptrs: Vec<*mut c_void> = params.iter().rev().map(|p| p.as_ptr() as *mut c_void).collect();
         let ptr = unsafe { vgg_overlap_new(self.group, ptrs.as_mut_ptr(), ptrs.len() as i64, bucket_bytes) };

@@ -121,7 +121,7 @@ impl DataParallel {
                 }
                 bucketed(&grads, |flat| self.group.all_reduce_sum(flat))?;
                 if self.overlapped {
-                    self.overlap = Some(self.group.overlap(params, BUCKET_BYTES)?);
+                    self.overlap = Some(self.group.overlap(params, overlap_bucket_bytes(params))?);
                 }
             }
         }
@@ -233,6 +233,18 @@ impl DataParallel {
     pub fn published_run(&self) -> Result<Option<std::path::PathBuf>> {
         Ok(self.group.store_get(RUN_KEY)?.map(Into::into))
     }
+}
+
+/// Overlapped sums' buckets: a sixteenth of the gradients, between 256 KB
+/// and `BUCKET_BYTES` (full VGG16's 528 MB go in 25 MB buckets as DDP's; a
+/// small network still gets several, or its one bucket would wait for the
+/// whole backward pass).
+fn overlap_bucket_bytes(params: &[Tensor]) -> i64 {
+    let total: i64 = params
+        .iter()
+        .map(|p| p.numel() as i64 * p.kind().elt_size_in_bytes() as i64)
+        .sum();
+    (total / 16).clamp(1 << 18, BUCKET_BYTES)
 }
 
 /// Runs the collective `op` on `tensors` a flat bucket at a time, each

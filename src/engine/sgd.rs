@@ -4,7 +4,7 @@
 //! pass over parameters, gradients and buffers), and the gradients are set
 //! to none after it, so backward writes them instead of adding into zeros.
 //! With fp16, dynamic loss scaling as `torch.amp.GradScaler` does it.
-use crate::native;
+use crate::{model, native};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -69,7 +69,7 @@ impl Sgd {
     /// dynamic loss scaling.
     pub fn new(vs: &VarStore, momentum: f64, weight_decay: f64, decay_biases: bool, loss_scale: bool) -> Sgd {
         let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-        params.sort_by(|a, b| a.0.cmp(&b.0));
+        params.sort_by(|a, b| model::forward_position(&a.0).cmp(&model::forward_position(&b.0)));
         let buffers = params.iter().map(|_| None).collect();
         let device = vs.device();
         let initial = ScaleState {
@@ -87,7 +87,8 @@ impl Sgd {
         }
     }
 
-    /// The parameters, sorted by name.
+    /// The parameters in the order forward uses them
+    /// (`model::forward_position`): backward finishes them in reverse.
     pub fn params(&self) -> Vec<Tensor> {
         self.params.iter().map(|(_, p)| p.shallow_clone()).collect()
     }

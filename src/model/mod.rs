@@ -136,6 +136,16 @@ pub struct Vgg {
     fc: Vec<nn::Linear>,
 }
 
+/// Where a parameter (by its torchvision name) is used in the forward
+/// pass: the features' layers, then the classifier's, each by its index
+/// (`features.2` before `features.10`, which a sort by name inverts).
+pub fn forward_position(name: &str) -> (bool, u64, &str) {
+    let mut parts = name.split('.');
+    let section = parts.next().unwrap_or_default();
+    let index = parts.next().and_then(|i| i.parse().ok()).unwrap_or(u64::MAX);
+    (section == "classifier", index, name)
+}
+
 /// The same values with NHWC strides (libtorch's "channels last"), kept in
 /// NCHW shape: tch has no memory-format API, the permute trick gives it.
 pub fn channels_last(t: &Tensor) -> Tensor {

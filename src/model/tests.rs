@@ -612,3 +612,27 @@ fn channels_last_weights_and_inputs_give_the_same_logits() {
     let nhwc = net.forward_t(&channels_last(&x), false);
     assert!(nchw.allclose(&nhwc, 1e-5, 1e-5, false));
 }
+
+#[test]
+fn parameters_sort_in_the_order_forward_uses_them() {
+    let mut names = vec![
+        "classifier.6.weight",
+        "features.10.bias",
+        "classifier.0.weight",
+        "features.2.weight",
+        "features.10.weight",
+        "features.0.bias",
+    ];
+    names.sort_by_key(|n| forward_position(n));
+    assert_eq!(
+        names,
+        [
+            "features.0.bias",
+            "features.2.weight",
+            "features.10.bias",
+            "features.10.weight",
+            "classifier.0.weight",
+            "classifier.6.weight"
+        ]
+    );
+}
