@@ -364,7 +364,7 @@ fn no_color_draws_without_colours() {
     };
     assert!(colours(&coloured) > 0, "the normal theme has colours");
     app.no_color = true;
-    app.show_help = false;
+    app.dialog = None;
     let (s, plain) = screen(&app, 100, 30);
     assert_eq!(colours(&plain), 0, "colours with NO_COLOR:\n{s}");
     has(&s, "running");
@@ -420,7 +420,7 @@ fn keys_map_to_commands() {
         has(&s, needle);
     }
     assert_eq!(app.on_key(key('d')), None);
-    assert!(!app.show_help);
+    assert_ne!(app.dialog, Some(ui::app::Dialog::Help));
     lacks(&render(&app, 100, 30), "decay the learning rate");
     // Focus moves with tab and the arrows.
     let f0 = app.focus;
@@ -588,7 +588,7 @@ fn a_resumed_run_shows_its_past_epochs_and_lr_changes() {
 fn quit_dialog_n_quits_without_saving_and_esc_cancels() {
     let mut app = app_with(&fixture());
     assert_eq!(app.on_key(ctrl_c()), None);
-    assert!(app.dialog.is_some());
+    assert_eq!(app.dialog, Some(ui::app::Dialog::Quit));
     assert_eq!(app.on_key(code(KeyCode::Esc)), None);
     assert_eq!(app.dialog, None);
     lacks(&render(&app, 80, 24), "Save a checkpoint first?");
@@ -911,7 +911,7 @@ fn engine_events_drive_the_panels() -> anyhow::Result<()> {
 
     assert_eq!(app.epochs.len(), 2);
     assert_eq!(app.lr, new_lr.0);
-    app.results_hidden = true;
+    app.results.hidden = true;
     let s = render(&app, 160, 48);
     has(&s, &info.model);
     has(&s, "epoch 2/2");
@@ -935,7 +935,7 @@ fn engine_events_drive_the_panels() -> anyhow::Result<()> {
         has(&s, &app.confused_label(p));
     }
     // The results box shows the test pass.
-    app.results_hidden = false;
+    app.results.hidden = false;
     let s = render(&app, 160, 48);
     has(
         &s,

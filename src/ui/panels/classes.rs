@@ -1,7 +1,7 @@
 //! Per-class validation accuracy with the change since the previous epoch,
 //! the worst classes marked ▼, and the most confused pairs.
 use super::{block, frame, line_at};
-use crate::ui::app::{App, ClassOrder, Focus};
+use crate::ui::app::{App, ClassOrder, ClassRow, Focus};
 use crate::ui::fmt;
 use crate::ui::theme::Theme;
 use ratatui::{
@@ -27,9 +27,8 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
     }
     // The table takes what it needs when it can, the confused pairs the
     // rest (at least a third of the room when both have more).
-    let pairs = &app.confused;
     let h = inner.height as usize;
-    let want = pairs.len().max(1);
+    let want = app.confused.len().max(1);
     let conf_rows = if n + want + 2 <= h {
         want
     } else {
@@ -39,8 +38,23 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
     let visible = table_h.saturating_sub(1);
     app.class_rows_shown.set(visible.max(1));
     app.confused_rows_shown.set(conf_rows.max(1));
+    table(app, &rows, visible, inner, buf, theme);
+    confused(app, table_h as u16, conf_rows, inner, buf, theme);
+}
 
-    // The table.
+/// "▸" before the heading of the part that has the focus.
+fn marker(app: &App, f: Focus) -> &'static str {
+    if app.focus == f {
+        "▸"
+    } else {
+        " "
+    }
+}
+
+/// The per-class table: a heading, then `visible` rows from the scroll
+/// offset on.
+fn table(app: &App, rows: &[ClassRow], visible: usize, inner: Rect, buf: &mut Buffer, theme: &Theme) {
+    let n = rows.len();
     let w = inner.width as usize;
     let name_w = w.saturating_sub(2 + 8 + 7).clamp(4, 28);
     let class_head = match app.class_order {
@@ -49,7 +63,6 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
         ClassOrder::Accuracy => "class ▲",
     };
     let offset = app.class_scroll.min(n.saturating_sub(visible));
-    let marker = |f: Focus| if app.focus == f { "▸" } else { " " };
     let position = if n > visible && visible > 0 {
         format!("  {}-{}/{n} ↑↓", offset + 1, (offset + visible).min(n))
     } else {
@@ -60,7 +73,7 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
         inner,
         0,
         &Line::from(vec![
-            Span::styled(marker(Focus::Classes), theme.key()),
+            Span::styled(marker(app, Focus::Classes), theme.key()),
             Span::styled(
                 format!(" {class_head:<name_w$} {:>7} {:>6}", "top-1", "Δ"),
                 theme.bold(),
@@ -93,9 +106,13 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
             ]),
         );
     }
+}
 
-    // The most confused pairs.
-    let top = table_h as u16;
+/// The most confused pairs: a heading at row `top`, then `conf_rows` pairs
+/// from the scroll offset on.
+fn confused(app: &App, top: u16, conf_rows: usize, inner: Rect, buf: &mut Buffer, theme: &Theme) {
+    let pairs = &app.confused;
+    let w = inner.width as usize;
     let conf_offset = app.confused_scroll.min(pairs.len().saturating_sub(conf_rows));
     let conf_pos = if pairs.len() > conf_rows {
         format!(
@@ -112,7 +129,7 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
         inner,
         top,
         &Line::from(vec![
-            Span::styled(marker(Focus::Confused), theme.key()),
+            Span::styled(marker(app, Focus::Confused), theme.key()),
             Span::styled(" most confused", theme.bold()),
             Span::styled(format!(" (true → predicted){conf_pos}"), theme.dim()),
         ]),

@@ -1,6 +1,7 @@
 //! Run, configuration, dataset, device, state; epoch gauge, images/s, ETA,
 //! lr and decays.
 use super::line_at;
+use crate::control::RunInfo;
 use crate::ui::app::{App, EngineState};
 use crate::ui::fmt;
 use crate::ui::theme::Theme;
@@ -34,8 +35,28 @@ pub fn bar(ratio: f64, width: usize) -> (String, String) {
 }
 
 pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
+    title_line(app, area, buf, theme);
+    let Some(i) = &app.info else { return };
+    progress_line(app, i, area, buf, theme);
+    pace_line(app, i, area, buf, theme);
+    // Line 4, when there is room: the model's size, the data, the run.
+    if area.height >= 4 {
+        let fourth = format!(
+            "{:.2}M parameters{SEP}batch {}{SEP}{} train / {} val / {} test images{SEP}{}",
+            i.parameters as f64 / 1e6,
+            i.batch_size,
+            i.train_images,
+            i.val_images,
+            i.test_images,
+            i.run_dir.display()
+        );
+        line_at(buf, area, 3, &Line::styled(fourth, theme.dim()));
+    }
+}
+
+/// Line 1: what runs where, and the state on the right.
+fn title_line(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
     let w = area.width as usize;
-    // Line 1: what runs where, and the state on the right.
     let badge = format!(" {} ", app.state_label());
     let badge_w = badge.chars().count();
     let title = if app.attached.is_some() {
@@ -70,9 +91,11 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
     line_at(buf, left, 0, &Line::from(first));
     let bx = area.x + area.width.saturating_sub(badge_w as u16);
     buf.set_string(bx, area.y, &badge, theme.badge(badge_color(app)));
+}
 
-    let Some(i) = &app.info else { return };
-    // Line 2: epoch e/E, a gauge of the epoch's steps, step s/S.
+/// Line 2: epoch e/E, a gauge of the epoch's steps, step s/S.
+fn progress_line(app: &App, i: &RunInfo, area: Rect, buf: &mut Buffer, theme: &Theme) {
+    let w = area.width as usize;
     let epoch_text = format!("epoch {}/{} ", app.epoch.max(1), i.epochs);
     let pct = format!(" {:>3.0}%", 100.0 * app.epoch_progress());
     let steps = format!("{SEP}step {}/{}", app.step, i.steps_per_epoch);
@@ -90,8 +113,10 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
             Span::styled(steps, theme.dim()),
         ]),
     );
+}
 
-    // Line 3: pace, ETA, lr.
+/// Line 3: pace, ETA, lr, the best top-1 and the GPUs.
+fn pace_line(app: &App, i: &RunInfo, area: Rect, buf: &mut Buffer, theme: &Theme) {
     let eta = if app.is_ended() {
         "done".to_owned()
     } else if app.shows_paused() {
@@ -128,17 +153,4 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
         third.push(Span::styled(g.describe(), theme.accent()));
     }
     line_at(buf, area, 2, &Line::from(third));
-
-    if area.height >= 4 {
-        let fourth = format!(
-            "{:.2}M parameters{SEP}batch {}{SEP}{} train / {} val / {} test images{SEP}{}",
-            i.parameters as f64 / 1e6,
-            i.batch_size,
-            i.train_images,
-            i.val_images,
-            i.test_images,
-            i.run_dir.display()
-        );
-        line_at(buf, area, 3, &Line::styled(fourth, theme.dim()));
-    }
 }

@@ -1,5 +1,5 @@
 //! The key help line at the bottom; it shows what the keys do now.
-use crate::ui::app::{App, Dialog};
+use crate::ui::app::App;
 use crate::ui::theme::Theme;
 use ratatui::{
     buffer::Buffer,
@@ -9,34 +9,14 @@ use ratatui::{
 
 /// (key, what it does) pairs for the current state.
 pub fn hints(app: &App) -> Vec<(&'static str, &'static str)> {
+    if let Some(dialog) = app.dialog {
+        return dialog.hints(app);
+    }
     let attached = app.attached.is_some();
-    if app.dialog == Some(Dialog::Quit) {
-        return if attached {
-            vec![
-                ("Enter", "save & stop"),
-                ("n", "stop without saving"),
-                ("Esc", "cancel"),
-            ]
-        } else {
-            vec![
-                ("Enter", "save & quit"),
-                ("n", "quit without saving"),
-                ("Esc", "cancel"),
-            ]
-        };
-    }
-    if app.show_help {
-        return vec![("any key", "close help")];
-    }
     if app.is_ended() {
-        let results = if app.results_hidden {
-            "show results"
-        } else {
-            "hide results"
-        };
         return vec![
             ("q", "quit"),
-            ("Esc", results),
+            ("Esc", app.results.hint()),
             ("?", "help"),
             ("tab", "focus"),
             ("↑↓", "scroll"),

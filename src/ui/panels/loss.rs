@@ -164,7 +164,42 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
     if inner.height < 3 || inner.width < 10 {
         return;
     }
-    // Recent step losses.
+    let spark_h = recent(app, inner, buf, theme);
+    // Validation in words: the charts may not fit.
+    let acc_row = 1 + spark_h;
+    line_at(buf, inner, acc_row, &validation(app, inner.width, theme));
+    let charts = Rect {
+        y: inner.y + acc_row + 1,
+        height: inner.height.saturating_sub(acc_row + 1),
+        ..inner
+    };
+    if charts.height < 4 {
+        return;
+    }
+    // The charts side by side when wide, one over the other when tall, else
+    // the loss alone.
+    if charts.width >= 90 {
+        let [a, b] = Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(charts);
+        loss_chart(app, a, buf, theme);
+        let gap = 2;
+        let b = Rect {
+            x: b.x + gap,
+            width: b.width.saturating_sub(gap),
+            ..b
+        };
+        accuracy_chart(app, b, buf, theme);
+    } else if charts.height >= 16 {
+        let [a, b] = Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(charts);
+        loss_chart(app, a, buf, theme);
+        accuracy_chart(app, b, buf, theme);
+    } else {
+        loss_chart(app, charts, buf, theme);
+    }
+}
+
+/// Recent step losses: a line of numbers over a sparkline at the top of
+/// `inner`; the sparkline's height.
+fn recent(app: &App, inner: Rect, buf: &mut Buffer, theme: &Theme) -> u16 {
     let recent: Vec<f64> = app.recent_loss.iter().collect();
     let (lo, hi) = recent
         .iter()
@@ -212,12 +247,14 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
         .max(100)
         .style(theme.sparkline())
         .render(spark, buf);
+    spark_h
+}
 
-    // Validation in words: the charts may not fit.
-    let acc_row = 1 + spark_h;
-    let acc_line = match app.epochs.last() {
+/// The last validation pass in words, `width` wide at most.
+fn validation(app: &App, width: u16, theme: &Theme) -> Line<'static> {
+    match app.epochs.last() {
         Some(e) => {
-            let mut l = Spans::new(inner.width);
+            let mut l = Spans::new(width);
             l.push(vec![
                 Span::styled(format!("epoch {} val ", e.epoch), theme.dim()),
                 Span::styled("top-1 ", theme.dim()),
@@ -243,37 +280,10 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
                 "val: epoch 1",
             ]
             .into_iter()
-            .find(|s| s.len() <= inner.width as usize)
+            .find(|s| s.len() <= width as usize)
             .unwrap_or("");
             Line::styled(say, theme.dim())
         }
-    };
-    line_at(buf, inner, acc_row, &acc_line);
-
-    let charts = Rect {
-        y: inner.y + acc_row + 1,
-        height: inner.height.saturating_sub(acc_row + 1),
-        ..inner
-    };
-    if charts.height < 4 {
-        return;
-    }
-    if charts.width >= 90 {
-        let [a, b] = Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(charts);
-        loss_chart(app, a, buf, theme);
-        let gap = 2;
-        let b = Rect {
-            x: b.x + gap,
-            width: b.width.saturating_sub(gap),
-            ..b
-        };
-        accuracy_chart(app, b, buf, theme);
-    } else if charts.height >= 16 {
-        let [a, b] = Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(charts);
-        loss_chart(app, a, buf, theme);
-        accuracy_chart(app, b, buf, theme);
-    } else {
-        loss_chart(app, charts, buf, theme);
     }
 }
 

@@ -1,6 +1,7 @@
 //! The learning rate against the epoch on a log scale, each decay marked,
 //! and the decays listed with their cause and epoch.
 use super::{block, frame, line_at};
+use crate::control::RunInfo;
 use crate::ui::app::App;
 use crate::ui::fmt;
 use crate::ui::theme::Theme;
@@ -47,7 +48,21 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
         height: inner.height - 1,
         ..inner
     };
-    // The decays, newest first, on the right (or alone when narrow).
+    let list_w = decays(app, body, buf, theme);
+    if list_w == body.width || body.height < 3 {
+        return;
+    }
+    // The chart on the left.
+    let chart_area = Rect {
+        width: body.width - list_w - 1,
+        ..body
+    };
+    chart(app, info, chart_area, buf, theme);
+}
+
+/// The decays, newest first, on the right of `body` (or alone when
+/// narrow); the list's width.
+fn decays(app: &App, body: Rect, buf: &mut Buffer, theme: &Theme) -> u16 {
     let decays: Vec<_> = app.lr_points.iter().filter(|p| p.cause.is_some()).rev().collect();
     // The list is as wide as its longest entry; the chart needs 20 columns.
     let longest = decays
@@ -86,15 +101,11 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer, theme: &Theme) {
     for (r, l) in lines.iter().enumerate() {
         line_at(buf, list, r as u16, l);
     }
-    if list_w == body.width || body.height < 3 {
-        return;
-    }
+    list_w
+}
 
-    // The chart on the left.
-    let chart_area = Rect {
-        width: body.width - list_w - 1,
-        ..body
-    };
+/// The lr against the epoch, log scale, decays marked.
+fn chart(app: &App, info: &RunInfo, chart_area: Rect, buf: &mut Buffer, theme: &Theme) {
     let line = steps(app);
     let marks: Vec<(f64, f64)> = app
         .lr_points

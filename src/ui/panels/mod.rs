@@ -1,4 +1,5 @@
-//! The screen: one file per panel, drawing only (state is `App`'s).
+//! The screen: one file per panel, drawing only (state is `App`'s); the
+//! boxes over the panels draw themselves (`app::dialogs`).
 //!
 //! ```text
 //! header: run, configuration, dataset, device, state, epoch gauge, img/s, ETA, lr
@@ -16,7 +17,6 @@ pub mod keys;
 pub mod log;
 pub mod loss;
 pub mod lr;
-pub mod overlay;
 
 use super::app::App;
 use super::theme::Theme;
@@ -82,14 +82,9 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
     lr::render(app, a.lr, buf, &theme);
     log::render(app, a.log, buf, &theme);
     keys::render(app, a.keys, buf, &theme);
-    if (app.finished.is_some() || app.failure.is_some()) && !app.results_hidden {
-        overlay::results(app, area, buf, &theme);
-    }
-    if app.dialog.is_some() {
-        overlay::quit_dialog(app, area, buf, &theme);
-    }
-    if app.show_help {
-        overlay::help(app, area, buf, &theme);
+    app.results.draw(app, area, buf, &theme);
+    if let Some(dialog) = app.dialog {
+        dialog.draw(app, area, buf, &theme);
     }
 }
 
