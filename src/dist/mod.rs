@@ -309,6 +309,16 @@ impl ProcessGroup {
                 2 => format!("rank {}", 1 - self.rank),
                 _ => "another rank".to_owned(),
             };
+            let cause = last_error();
+            let lower = cause.to_lowercase();
+            let happened = if lower.contains("timed out") || lower.contains("timeout") {
+                format!(
+                    "{peer} did not answer within {}s (--dist-timeout)",
+                    self.timeout.as_secs()
+                )
+            } else {
+                format!("{peer} is gone")
+            };
             let resume = match &self.run {
                 Some(run) => format!(
                     "`vggtrain train --resume {}` with the same launch on every machine",
@@ -317,12 +327,9 @@ impl ProcessGroup {
                 None => "a new start".to_owned(),
             };
             bail!(
-                "{what} on rank {} of {} failed: {peer} is gone, or did not answer within {}s (--dist-timeout): {}; \
-                 the run goes on from its newest checkpoint with {resume}",
+                "{what} on rank {} of {} failed: {happened}: {cause}; the run goes on from its newest checkpoint with {resume}",
                 self.rank,
                 self.world,
-                self.timeout.as_secs(),
-                last_error()
             );
         }
         Ok(())

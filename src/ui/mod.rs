@@ -1,7 +1,9 @@
 //! The terminal UI: one screen to watch and steer a run.
 //!
-//! - `app`: the state (`App::update` for engine events, `App::on_key` for
-//!   keys, which answers with the `Command` to send);
+//! - `app`: the state (`app/events.rs` applies engine events, `app/keys.rs`
+//!   keys and signals, answering with the `Command` to send); the open
+//!   dialog (`app/dialogs/`: help, the quit question, the results box, each
+//!   with its state, keys and drawing) sees a key before the app does;
 //! - `panels`: drawing only, one file per panel;
 //! - `input`: the key reader thread (poll(2) on the tty; it ends cleanly
 //!   when the terminal goes away);

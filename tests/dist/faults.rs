@@ -128,8 +128,10 @@ fn a_hung_rank_ends_the_run_within_the_timeout() {
     let _ = rank1.kill();
     let _ = rank1.wait();
     assert_ne!(code, 0, "{err}");
-    assert!(err.contains("Timed out"), "the error says it timed out: {err}");
-    assert!(err.contains("within 5s (--dist-timeout)"), "{err}");
+    assert!(
+        err.contains("rank 0 of 2 failed: rank 1 did not answer within 5s (--dist-timeout)"),
+        "the error says which rank timed out: {err}"
+    );
 }
 
 #[test]
@@ -188,6 +190,23 @@ fn the_launcher_passes_sigterm_on_and_every_rank_stops_once() {
     assert!(events.last().unwrap()["event"] == "finished");
 }
 
+/// Every process below `pid` (the children of each of its threads, and theirs).
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            out.push(child);
+            out.extend(descendants(child));
+        }
+    }
+    out
+}
+
 /// The pids of a launcher's ranks (its children).
 fn rank_pids(launcher: u32) -> Vec<i32> {
     let children = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children")).unwrap();
@@ -214,16 +233,15 @@ fn torchrun_restarts_a_lost_rank_and_the_run_resumes() {
         .spawn()
         .unwrap();
     mid_epoch(&run);
-    // A rank: the youngest process running the binary (`pgrep -n`).
-    let pids = String::from_utf8(
-        std::process::Command::new("pgrep")
-            .args(["-f", "-n", &format!("{} train", env!("CARGO_BIN_EXE_vggtrain"))])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let pid: i32 = pids.trim().parse().expect("a rank's pid");
+    // A rank: one of torchrun's descendants running the binary (not
+    // another test's).
+    let pid = descendants(torchrun.id() as i32)
+        .into_iter()
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).starts_with(env!("CARGO_BIN_EXE_vggtrain")))
+        })
+        .expect("a rank among torchrun's processes");
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let status = torchrun.wait().unwrap();
     let mut err = String::new();

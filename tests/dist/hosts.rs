@@ -244,12 +244,13 @@ fn two_nodes_mid_epoch(hosts: &Hosts, runs: &Path) -> [Child; 2] {
 }
 
 /// Node `i` lost its peer: it ended within the timeout (5 s) and 15 s to
-/// spare, non-zero, naming the peer and the command that resumes.
-fn lost_its_peer(i: usize, node: &mut Child, run: &Path) {
+/// spare, non-zero, naming the peer and what happened to it (`how`: "is
+/// gone", "did not answer within 5s"), and the command that resumes.
+fn lost_its_peer(i: usize, node: &mut Child, run: &Path, how: &str) {
     let (code, err) = ends_within(node, 5 + 15, &format!("node {i}"));
     assert_ne!(code, 0, "node {i}: {err}");
     assert!(
-        err.contains(&format!("rank {i} of 2 failed: rank {} is gone", 1 - i)),
+        err.contains(&format!("rank {i} of 2 failed: rank {} {how}", 1 - i)),
         "node {i} names the peer it lost: {err}"
     );
     assert!(
@@ -301,7 +302,7 @@ fn a_cut_link_stops_both_hosts_and_both_resume_to_an_uninterrupted_runs_weights(
     let mut nodes = two_nodes_mid_epoch(&hosts, tmp.path());
     hosts.link(false);
     for (i, node) in nodes.iter_mut().enumerate() {
-        lost_its_peer(i, node, &tmp.path().join("faults"));
+        lost_its_peer(i, node, &tmp.path().join("faults"), "did not answer within 5s");
     }
     hosts.link(true);
     both_resume_to_an_uninterrupted_runs_weights(&hosts, tmp.path());
@@ -322,7 +323,7 @@ fn a_host_whose_processes_are_killed_stops_the_other_and_both_resume() {
     }
     let _ = one.kill();
     let _ = one.wait();
-    lost_its_peer(0, &mut zero, &tmp.path().join("faults"));
+    lost_its_peer(0, &mut zero, &tmp.path().join("faults"), "is gone");
     both_resume_to_an_uninterrupted_runs_weights(&hosts, tmp.path());
 }
 
