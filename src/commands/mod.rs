@@ -326,7 +326,7 @@ pub fn bench(a: &crate::cli::BenchCli) -> Result<()> {
     let timeout = std::time::Duration::from_secs(60);
     match crate::dist::role(&a.launch)? {
         crate::dist::Role::Launcher(l) => {
-            crate::dist::check_batch(a.batch, l.nproc * l.nnodes)?;
+            crate::dist::check_batch(a.batch, l.world())?;
             crate::dist::check_gpus(&a.device, l.nproc)?;
             match crate::dist::launch::run(&l, timeout)? {
                 0 => Ok(()),

@@ -96,7 +96,7 @@ fn keep_saved_config(args: &mut TrainArgs) {
 fn launch(l: &dist::launch::Launch, args: &mut TrainArgs, timeout: Duration) -> Result<i32> {
     keep_saved_config(args);
     let config = super::layered(&args.config)?.config;
-    dist::check_batch(config.train.batch_size, l.nproc * l.nnodes)?;
+    dist::check_batch(config.train.batch_size, l.world())?;
     dist::check_gpus(&config.train.device, l.nproc)?;
     dist::launch::run(l, timeout)
 }

@@ -193,26 +193,25 @@ struct ReadyHook : torch::autograd::PostAccumulateGradHook {
 }  // namespace
 
 extern "C" {
-// Hooks `n` parameters (in the order autograd tends to finish them: the
-// last layers first) into buckets of at most `bucket_bytes`. NULL on error.
-void* vgg_overlap_new(void* group, void** params, int64_t n, int64_t bucket_bytes) {
+// Hooks `n` parameters, parameter i into bucket `bucket_of[i]` (buckets
+// numbered from 0 in the order they are summed, each one's parameters
+// consecutive). NULL on error.
+void* vgg_overlap_new(void* group, void** params, const int64_t* bucket_of, int64_t n) {
   Overlap* out = nullptr;
   vgg_guard([&] {
     auto o = std::make_unique<Overlap>();
     o->group = static_cast<Group*>(group);
-    int64_t bytes = 0;
+    int64_t offset = 0;
     for (int64_t i = 0; i < n; i++) {
       const auto& p = *static_cast<at::Tensor*>(params[i]);
-      int64_t b = p.numel() * static_cast<int64_t>(p.element_size());
-      if (o->buckets.empty() || (!o->buckets.back().members.empty() && bytes + b > bucket_bytes)) {
+      if (static_cast<size_t>(bucket_of[i]) == o->buckets.size()) {
         o->buckets.emplace_back();
-        bytes = 0;
+        offset = 0;
       }
-      auto& bucket = o->buckets.back();
-      o->bucket_of.push_back(o->buckets.size() - 1);
-      o->offset_of.push_back(bytes / static_cast<int64_t>(p.element_size()));
-      bucket.members.push_back(i);
-      bytes += b;
+      o->bucket_of.push_back(bucket_of[i]);
+      o->offset_of.push_back(offset);
+      o->buckets.back().members.push_back(i);
+      offset += p.numel();
       o->params.push_back(p);
     }
     for (auto& bucket : o->buckets) {
@@ -230,29 +229,25 @@ void* vgg_overlap_new(void* group, void** params, int64_t n, int64_t bucket_byte
 }
 
 // After backward: waits for every bucket's sum and puts it into the
-// gradients, ready for the next step. -1 on error (a gradient that never
-// came, a failed collective).
+// gradients, ready for the next step. -1 when a collective failed, -2 when
+// a gradient never came (then no collective was waited for).
 int vgg_overlap_finish(void* overlap) {
   auto* o = static_cast<Overlap*>(overlap);
-  return vgg_guard([&] {
-    std::lock_guard<std::mutex> lock(o->m);
-    auto reset = [&] {
-      for (auto& b : o->buckets) {
-        b.pending = b.members.size();
-        b.work.reset();
-      }
-      o->next = 0;
-    };
-    if (!o->error.empty()) {
-      auto e = o->error;
-      o->error.clear();
-      reset();
-      throw std::runtime_error(e);
+  std::lock_guard<std::mutex> lock(o->m);
+  auto reset = [&] {
+    for (auto& b : o->buckets) {
+      b.pending = b.members.size();
+      b.work.reset();
     }
-    if (o->next < o->buckets.size()) {
-      reset();
-      throw std::runtime_error("a parameter got no gradient in this backward pass");
-    }
+    o->next = 0;
+  };
+  if (o->error.empty() && o->next < o->buckets.size()) {
+    reset();
+    vgg_last_error = "a parameter got no gradient in this backward pass";
+    return -2;
+  }
+  int code = vgg_guard([&] {
+    if (!o->error.empty()) throw std::runtime_error(o->error);
     for (auto& b : o->buckets) {
       b.work->wait();
       for (auto i : b.members) {
@@ -260,8 +255,10 @@ int vgg_overlap_finish(void* overlap) {
         p.mutable_grad().copy_(b.flat.narrow(0, o->offset_of[i], p.numel()).view(p.sizes()));
       }
     }
-    reset();
   });
+  o->error.clear();
+  reset();
+  return code;
 }
 
 // Unhooks the parameters and frees the buckets.

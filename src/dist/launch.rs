@@ -86,6 +86,11 @@ impl Launch {
         }))
     }
 
+    /// The ranks of all the machines.
+    pub fn world(&self) -> usize {
+        self.nnodes * self.nproc
+    }
+
     /// What can be known before any rank starts: the address resolves,
     /// and on node 0 the port is free (rank 0 serves the rendezvous there).
     pub fn check(&self) -> Result<()> {
@@ -150,7 +155,7 @@ pub fn run(launch: &Launch, timeout: Duration) -> Result<i32> {
     }
     .to_string();
     let (nproc, first) = (launch.nproc, launch.node_rank * launch.nproc);
-    let world = (launch.nnodes * nproc).to_string();
+    let world = launch.world().to_string();
     let flags: Vec<(i32, Arc<AtomicBool>)> = [SIGINT, SIGTERM, SIGUSR1]
         .into_iter()
         .map(|s| {

@@ -41,7 +41,7 @@ extern "C" {
     fn vgg_dist_broadcast(group: *mut c_void, tensor: *mut c_void, root: c_int) -> c_int;
     fn vgg_dist_cuda_backend(group: *mut c_void) -> *const c_char;
     fn vgg_dist_free(group: *mut c_void);
-    fn vgg_overlap_new(group: *mut c_void, params: *mut *mut c_void, n: i64, bucket_bytes: i64) -> *mut c_void;
+    fn vgg_overlap_new(group: *mut c_void, params: *mut *mut c_void, bucket_of: *const i64, n: i64) -> *mut c_void;
     fn vgg_overlap_finish(overlap: *mut c_void) -> c_int;
     fn vgg_overlap_free(overlap: *mut c_void);
 }
@@ -368,14 +368,18 @@ impl ProcessGroup {
         Ok((code == 1).then(|| unsafe { CStr::from_ptr(out.as_ptr()) }.to_string_lossy().into_owned()))
     }
 
-    /// Hooks `params` (in the order forward uses them) so that their
-    /// gradients are summed over the ranks while backward runs, in buckets
-    /// of at most `bucket_bytes` filled in reverse (the order backward
-    /// finishes them), as DDP's reducer does; `finish` after each backward.
-    /// The group must outlive it.
-    pub fn overlap(&self, params: &[Tensor], bucket_bytes: i64) -> Result<Overlap> {
-        let mut ptrs: Vec<*mut c_void> = params.iter().rev().map(|p| p.as_ptr() as *mut c_void).collect();
-        let ptr = unsafe { vgg_overlap_new(self.group, ptrs.as_mut_ptr(), ptrs.len() as i64, bucket_bytes) };
+    /// Hooks the parameters of `buckets` so that their gradients are
+    /// summed over the ranks while backward runs, a bucket as soon as all
+    /// of its gradients are there, in bucket order, as DDP's reducer does;
+    /// `finish` after each backward. The group must outlive it.
+    pub fn overlap(&self, buckets: &[&[Tensor]]) -> Result<Overlap> {
+        let mut ptrs = Vec::new();
+        let mut bucket_of = Vec::new();
+        for (i, bucket) in buckets.iter().enumerate() {
+            ptrs.extend(bucket.iter().map(|p| p.as_ptr() as *mut c_void));
+            bucket_of.extend(bucket.iter().map(|_| i as i64));
+        }
+        let ptr = unsafe { vgg_overlap_new(self.group, ptrs.as_mut_ptr(), bucket_of.as_ptr(), ptrs.len() as i64) };
         if ptr.is_null() {
             bail!("cannot hook the gradients for overlapped sums: {}", last_error());
         }
@@ -385,8 +389,10 @@ impl ProcessGroup {
     /// Waits for the overlapped sums of this backward pass, and puts them
     /// into the gradients.
     pub fn finish(&self, o: &mut Overlap) -> Result<()> {
-        let code = unsafe { vgg_overlap_finish(o.0) };
-        self.check("all-reduce", code)
+        match unsafe { vgg_overlap_finish(o.0) } {
+            -2 => bail!("{} (rank {})", last_error(), self.rank),
+            code => self.check("all-reduce", code),
+        }
     }
 
     /// The backend that CUDA tensors go through: "nccl" where built and a

@@ -121,7 +121,11 @@ impl DataParallel {
                 }
                 bucketed(&grads, |flat| self.group.all_reduce_sum(flat))?;
                 if self.overlapped {
-                    self.overlap = Some(self.group.overlap(params, overlap_bucket_bytes(params))?);
+                    // Filled in the order backward finishes the gradients.
+                    let reversed: Vec<Tensor> = params.iter().rev().map(Tensor::shallow_clone).collect();
+                    let total: i64 = params.iter().map(bytes).sum();
+                    let cap = (total / 16).clamp(1 << 18, BUCKET_BYTES);
+                    self.overlap = Some(self.group.overlap(&buckets(&reversed, cap))?);
                 }
             }
         }
@@ -235,23 +239,11 @@ impl DataParallel {
     }
 }
 
-/// Overlapped sums' buckets: a sixteenth of the gradients, between 256 KB
-/// and `BUCKET_BYTES` (full VGG16's 528 MB go in 25 MB buckets as DDP's; a
-/// small network still gets several, or its one bucket would wait for the
-/// whole backward pass).
-fn overlap_bucket_bytes(params: &[Tensor]) -> i64 {
-    let total: i64 = params
-        .iter()
-        .map(|p| p.numel() as i64 * p.kind().elt_size_in_bytes() as i64)
-        .sum();
-    (total / 16).clamp(1 << 18, BUCKET_BYTES)
-}
-
 /// Runs the collective `op` on `tensors` a flat bucket at a time, each
 /// tensor taking its part of the result in place.
 fn bucketed(tensors: &[Tensor], op: impl Fn(&mut Tensor) -> Result<()>) -> Result<()> {
     tch::no_grad(|| {
-        for bucket in buckets(tensors) {
+        for bucket in buckets(tensors, BUCKET_BYTES) {
             let mut flat = flatten(bucket);
             op(&mut flat)?;
             unflatten(&flat, bucket);
@@ -260,13 +252,21 @@ fn bucketed(tensors: &[Tensor], op: impl Fn(&mut Tensor) -> Result<()>) -> Resul
     })
 }
 
-/// Consecutive tensors of at most `BUCKET_BYTES` (one alone may pass it).
-fn buckets(tensors: &[Tensor]) -> Vec<&[Tensor]> {
+fn bytes(t: &Tensor) -> i64 {
+    t.numel() as i64 * t.kind().elt_size_in_bytes() as i64
+}
+
+/// Consecutive tensors of at most `cap` bytes (one alone may pass it). The
+/// sums after backward use `BUCKET_BYTES`; the overlapped ones a sixteenth
+/// of the gradients, between 256 KB and `BUCKET_BYTES` (full VGG16's 528 MB
+/// in 25 MB buckets, as DDP's; a small network still gets several, or its
+/// one bucket would wait for the whole backward pass).
+fn buckets(tensors: &[Tensor], cap: i64) -> Vec<&[Tensor]> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, t) in tensors.iter().enumerate() {
-        let b = t.numel() as i64 * t.kind().elt_size_in_bytes() as i64;
-        if i > start && bytes + b > BUCKET_BYTES {
+        let b = self::bytes(t);
+        if i > start && bytes + b > cap {
             out.push(&tensors[start..i]);
             (start, bytes) = (i, 0);
         }
@@ -303,7 +303,7 @@ mod tests {
             .iter()
             .map(|&n| Tensor::zeros([n], (Kind::Float, tch::Device::Cpu)))
             .collect();
-        let sizes: Vec<Vec<i64>> = buckets(&ts)
+        let sizes: Vec<Vec<i64>> = buckets(&ts, BUCKET_BYTES)
             .iter()
             .map(|b| b.iter().map(|t| t.numel() as i64).collect())
             .collect();

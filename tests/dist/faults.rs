@@ -1,10 +1,9 @@
 //! A rank that dies or hangs ends the run within the timeout, with an
 //! error, and the run resumes from its newest checkpoint.
-use super::{common, metrics, rank_process, tiny};
+use super::{common, ends_within, metrics, mid_epoch, rank_pids, rank_process, tiny};
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Stdio},
-    time::{Duration, Instant},
 };
 
 /// Two ranks of a long run, started as a launcher would (the run's
@@ -44,33 +43,6 @@ fn two_ranks_mid_epoch(timeout: &str) -> Option<TwoRanks> {
     })
 }
 
-/// Waits for the first checkpoint, then a little into the next epoch.
-fn mid_epoch(run: &Path) {
-    common::wait_until("a checkpoint", 300, || {
-        metrics(run).iter().any(|e| e["event"] == "checkpoint-saved")
-    });
-    let seen = metrics(run).len();
-    common::wait_until("a step", 60, || metrics(run).len() > seen);
-}
-
-/// The exit code and the standard error of a rank within `secs`.
-fn ends_within(rank: &mut Child, secs: u64) -> (i32, String) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let status = loop {
-        if let Some(s) = rank.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rank 0 still runs {secs} s after its peer went"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(rank.stderr.as_mut().unwrap(), &mut err).unwrap();
-    (status.code().unwrap_or(-1), err)
-}
-
 #[test]
 fn a_killed_rank_ends_the_run_with_an_error_and_the_run_resumes() {
     let Some(TwoRanks {
@@ -84,7 +56,7 @@ fn a_killed_rank_ends_the_run_with_an_error_and_the_run_resumes() {
     };
     unsafe { libc::kill(rank1.id() as i32, libc::SIGKILL) };
     let _ = rank1.wait();
-    let (code, err) = ends_within(&mut rank0, 60);
+    let (code, err) = ends_within(&mut rank0, 60, "rank 0");
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("rank 0 of 2"), "the error names the rank: {err}");
     // Resumed on 2 ranks, it goes on from the newest checkpoint.
@@ -124,7 +96,7 @@ fn a_hung_rank_ends_the_run_within_the_timeout() {
         return;
     };
     unsafe { libc::kill(rank1.id() as i32, libc::SIGSTOP) };
-    let (code, err) = ends_within(&mut rank0, 60);
+    let (code, err) = ends_within(&mut rank0, 60, "rank 0");
     let _ = rank1.kill();
     let _ = rank1.wait();
     assert_ne!(code, 0, "{err}");
@@ -146,7 +118,7 @@ fn a_signal_to_any_rank_stops_every_rank_and_rank_zero_saves() {
         return;
     };
     unsafe { libc::kill(rank1.id() as i32, libc::SIGTERM) };
-    let (code, err) = ends_within(&mut rank0, 60);
+    let (code, err) = ends_within(&mut rank0, 60, "rank 0");
     assert_eq!(code, 0, "rank 0 stops as asked: {err}");
     assert_eq!(rank1.wait().unwrap().code(), Some(143), "rank 1 ends as SIGTERM's");
     let events = metrics(&run);
@@ -178,7 +150,7 @@ fn the_launcher_passes_sigterm_on_and_every_rank_stops_once() {
     for pid in rank_pids(launcher.id()) {
         unsafe { libc::kill(pid, libc::SIGTERM) };
     }
-    let (code, err) = ends_within(&mut launcher, 120);
+    let (code, err) = ends_within(&mut launcher, 120, "the launcher");
     assert_eq!(code, 143, "{err}");
     assert!(
         !err.contains("quitting now"),
@@ -205,12 +177,6 @@ fn descendants(pid: i32) -> Vec<i32> {
         }
     }
     out
-}
-
-/// The pids of a launcher's ranks (its children).
-fn rank_pids(launcher: u32) -> Vec<i32> {
-    let children = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children")).unwrap();
-    children.split_whitespace().map(|p| p.parse().unwrap()).collect()
 }
 
 #[test]

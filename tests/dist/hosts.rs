@@ -3,12 +3,15 @@
 //! test; root only, as CI runs). Rank 0's host in one, rank 1's in the
 //! other, MASTER_ADDR the first's address; the run directory is on the
 //! file system both share, as a cluster's is.
-use super::{common, max_difference, metrics, newest_weights, tiny, training::same_as_one_process};
+use super::{
+    common, ends_within, max_difference, metrics, mid_epoch, newest_weights, rank_pids, tiny,
+    training::same_as_one_process,
+};
 use std::{
     path::Path,
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicUsize, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 use vggtrain::engine::checkpoint;
 
@@ -203,24 +206,6 @@ fn two_hosts_launched_by_torchrun_compute_what_one_process_does() {
     same_as_one_process(tmp.path(), "torchrun-hosts", |args| hosts.both(&args, torchrun));
 }
 
-/// Waits for a process to end within `secs`; its exit code and stderr.
-fn ends_within(c: &mut Child, secs: u64, what: &str) -> (i32, String) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let status = loop {
-        if let Some(s) = c.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} still runs {secs} s after the link went"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(c.stderr.as_mut().unwrap(), &mut err).unwrap();
-    (status.code().unwrap_or(-1), err)
-}
-
 /// Both nodes of a long run (`--dist-timeout 5`), into its second epoch.
 fn two_nodes_mid_epoch(hosts: &Hosts, runs: &Path) -> [Child; 2] {
     let args = tiny(runs, "faults", 16, 200, 1024);
@@ -234,12 +219,7 @@ fn two_nodes_mid_epoch(hosts: &Hosts, runs: &Path) -> [Child; 2] {
             .unwrap()
     };
     let nodes = [start(0), start(1)];
-    let run = runs.join("faults");
-    common::wait_until("a checkpoint", 300, || {
-        metrics(&run).iter().any(|e| e["event"] == "checkpoint-saved")
-    });
-    let seen = metrics(&run).len();
-    common::wait_until("a step", 60, || metrics(&run).len() > seen);
+    mid_epoch(&runs.join("faults"));
     nodes
 }
 
@@ -317,8 +297,7 @@ fn a_host_whose_processes_are_killed_stops_the_other_and_both_resume() {
     let tmp = tempfile::tempdir().unwrap();
     let [mut zero, mut one] = two_nodes_mid_epoch(&hosts, tmp.path());
     // Node 1's launcher and its rank, as a machine that loses power.
-    let rank = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", one.id())).unwrap();
-    for pid in rank.split_whitespace().map(|p| p.parse::<i32>().unwrap()) {
+    for pid in rank_pids(one.id()) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     let _ = one.kill();
@@ -351,8 +330,7 @@ fn a_slow_link_and_a_peer_stalled_for_less_than_the_timeout_only_slow_the_run() 
         metrics(&run).iter().any(|e| e["event"] == "checkpoint-saved")
     });
     // Node 1's rank stops for 4 s (as a machine swapping, or a debugger).
-    let rank = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", one.id())).unwrap();
-    let rank: i32 = rank.split_whitespace().next().unwrap().parse().unwrap();
+    let rank = rank_pids(one.id())[0];
     unsafe { libc::kill(rank, libc::SIGSTOP) };
     std::thread::sleep(Duration::from_secs(4));
     unsafe { libc::kill(rank, libc::SIGCONT) };

@@ -116,3 +116,37 @@ fn metrics(run: &Path) -> Vec<serde_json::Value> {
     let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
     complete.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
+
+/// Waits for the first checkpoint, then a little into the next epoch.
+fn mid_epoch(run: &Path) {
+    common::wait_until("a checkpoint", 300, || {
+        metrics(run).iter().any(|e| e["event"] == "checkpoint-saved")
+    });
+    let seen = metrics(run).len();
+    common::wait_until("a step", 60, || metrics(run).len() > seen);
+}
+
+/// The exit code and the standard error of `what`'s process, which must
+/// end within `secs` of its peer's going.
+fn ends_within(c: &mut std::process::Child, secs: u64, what: &str) -> (i32, String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let status = loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} still runs {secs} s after its peer went"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(c.stderr.as_mut().unwrap(), &mut err).unwrap();
+    (status.code().unwrap_or(-1), err)
+}
+
+/// The pids of a launcher's ranks (its children).
+fn rank_pids(launcher: u32) -> Vec<i32> {
+    let children = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children")).unwrap();
+    children.split_whitespace().map(|p| p.parse().unwrap()).collect()
+}
