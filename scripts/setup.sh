@@ -9,7 +9,8 @@
 #     libgloo-dev, gloo's headers for the c10d shim (data parallelism);
 #  3. with --for-tests: tmux and OpenSSH's server and client, for the
 #     real-terminal tests (the SSH route); iproute2 (ip, tc), with which the
-#     data-parallel tests make two hosts of network namespaces; and the Python
+#     data-parallel tests make two hosts of network namespaces; strace, whose
+#     syscall delays make a slow disk for them; and the Python
 #     references the tests check against (torchvision 0.26.0 on that
 #     PyTorch, TensorBoard's reader, and what they need), linked as .pyref.
 # What it cannot install (no root, no sudo) is an error naming the command
@@ -105,6 +106,7 @@ command -v nasm >/dev/null || missing+=(nasm)
 [ "$FOR_TESTS" = 0 ] || [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 [ "$FOR_TESTS" = 0 ] || command -v ssh >/dev/null || missing+=(openssh-client)
 [ "$FOR_TESTS" = 0 ] || { command -v ip >/dev/null && command -v tc >/dev/null; } || missing+=(iproute2)
+[ "$FOR_TESTS" = 0 ] || command -v strace >/dev/null || missing+=(strace)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo -n); fi
   if command -v apt-get >/dev/null && { [ ${#SUDO[@]} = 0 ] || sudo -n true 2>/dev/null; }; then
@@ -116,5 +118,5 @@ if [ ${#missing[@]} -gt 0 ]; then
     die "missing ${missing[*]}, and no root or password-less sudo to install it: run sudo apt-get install ${missing[*]}, then again"
   fi
 else
-  say "Fashion-MNIST, cmake, nasm and libgloo-dev present$([ "$FOR_TESTS" = 0 ] || echo ', tmux, OpenSSH and iproute2 present')"
+  say "Fashion-MNIST, cmake, nasm and libgloo-dev present$([ "$FOR_TESTS" = 0 ] || echo ', tmux, OpenSSH, iproute2 and strace present')"
 fi

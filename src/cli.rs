@@ -196,6 +196,7 @@ pub struct TrainArgs {
     pub launch: LaunchArgs,
     /// Seconds a rank waits for the others (to meet, at a collective)
     /// before it gives up with an error: a lost or hung rank ends the run.
+    /// Rank 0's saves are waited for up to 30 minutes, or this if longer.
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub dist_timeout: u64,
 }

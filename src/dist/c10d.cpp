@@ -86,11 +86,16 @@ void* vgg_dist_init(const char* host, int port, int rank, int world, int client_
 }
 
 // Sets `key` in the store itself (outside every attempt's prefix: an
-// elastic restart's ranks read what the attempt before them wrote).
+// elastic restart's ranks read what the attempt before them wrote), and
+// returns once the store holds it: a set is not answered, but the check
+// after it on the same connection is, so a rank told afterwards (by a
+// collective) finds the key.
 int vgg_dist_store_set(void* group, const char* key, const char* value) {
   return vgg_guard([&] {
     std::string v(value);
-    static_cast<Group*>(group)->store->set(key, std::vector<uint8_t>(v.begin(), v.end()));
+    auto& store = static_cast<Group*>(group)->store;
+    store->set(key, std::vector<uint8_t>(v.begin(), v.end()));
+    store->check({key});
   });
 }
 
@@ -115,18 +120,22 @@ const char* vgg_dist_cuda_backend(void* group) {
   return static_cast<Group*>(group)->nccl ? "nccl" : "gloo";
 }
 
-int vgg_dist_all_reduce_sum(void* group, void* tensor) {
+// The collectives wait for the other ranks up to `timeout_ms`.
+int vgg_dist_all_reduce_sum(void* group, void* tensor, int64_t timeout_ms) {
   return vgg_guard([&] {
     std::vector<at::Tensor> ts{*static_cast<at::Tensor*>(tensor)};
-    static_cast<Group*>(group)->for_tensor(ts[0]).allreduce(ts)->wait();
+    c10d::AllreduceOptions o;
+    o.timeout = std::chrono::milliseconds(timeout_ms);
+    static_cast<Group*>(group)->for_tensor(ts[0]).allreduce(ts, o)->wait();
   });
 }
 
-int vgg_dist_broadcast(void* group, void* tensor, int root) {
+int vgg_dist_broadcast(void* group, void* tensor, int root, int64_t timeout_ms) {
   return vgg_guard([&] {
     std::vector<at::Tensor> ts{*static_cast<at::Tensor*>(tensor)};
     c10d::BroadcastOptions o;
     o.rootRank = root;
+    o.timeout = std::chrono::milliseconds(timeout_ms);
     static_cast<Group*>(group)->for_tensor(ts[0]).broadcast(ts, o)->wait();
   });
 }

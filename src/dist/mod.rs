@@ -37,8 +37,8 @@ extern "C" {
     ) -> *mut c_void;
     fn vgg_dist_store_set(group: *mut c_void, key: *const c_char, value: *const c_char) -> c_int;
     fn vgg_dist_store_get(group: *mut c_void, key: *const c_char, out: *mut c_char, cap: i64) -> c_int;
-    fn vgg_dist_all_reduce_sum(group: *mut c_void, tensor: *mut c_void) -> c_int;
-    fn vgg_dist_broadcast(group: *mut c_void, tensor: *mut c_void, root: c_int) -> c_int;
+    fn vgg_dist_all_reduce_sum(group: *mut c_void, tensor: *mut c_void, timeout_ms: i64) -> c_int;
+    fn vgg_dist_broadcast(group: *mut c_void, tensor: *mut c_void, root: c_int, timeout_ms: i64) -> c_int;
     fn vgg_dist_cuda_backend(group: *mut c_void) -> *const c_char;
     fn vgg_dist_free(group: *mut c_void);
     fn vgg_overlap_new(group: *mut c_void, params: *mut *mut c_void, bucket_of: *const i64, n: i64) -> *mut c_void;
@@ -303,7 +303,9 @@ impl ProcessGroup {
         })
     }
 
-    fn check(&self, what: &str, code: c_int) -> Result<()> {
+    /// The error of a collective that failed (`code` not 0) after waiting
+    /// up to `within`.
+    fn check(&self, what: &str, code: c_int, within: Duration) -> Result<()> {
         if code != 0 {
             let peer = match self.world {
                 2 => format!("rank {}", 1 - self.rank),
@@ -312,10 +314,11 @@ impl ProcessGroup {
             let cause = last_error();
             let lower = cause.to_lowercase();
             let happened = if lower.contains("timed out") || lower.contains("timeout") {
-                format!(
-                    "{peer} did not answer within {}s (--dist-timeout)",
-                    self.timeout.as_secs()
-                )
+                let bound = match within == self.timeout {
+                    true => "--dist-timeout",
+                    false => "the wait for rank 0's disk",
+                };
+                format!("{peer} did not answer within {}s ({bound})", within.as_secs())
             } else {
                 format!("{peer} is gone")
             };
@@ -337,14 +340,32 @@ impl ProcessGroup {
 
     /// Sums `t` over the ranks, in place (contiguous, on the group's device).
     pub fn all_reduce_sum(&self, t: &mut Tensor) -> Result<()> {
-        let code = unsafe { vgg_dist_all_reduce_sum(self.group, t.as_mut_ptr().cast()) };
-        self.check("all-reduce", code)
+        self.all_reduce_sum_within(t, self.timeout)
+    }
+
+    /// `all_reduce_sum`, waiting for the others up to `within` (not the
+    /// group's timeout).
+    pub fn all_reduce_sum_within(&self, t: &mut Tensor, within: Duration) -> Result<()> {
+        let ms = within.as_millis() as i64;
+        let code = unsafe { vgg_dist_all_reduce_sum(self.group, t.as_mut_ptr().cast(), ms) };
+        self.check("all-reduce", code, within)
     }
 
     /// Gives every rank `root`'s `t`, in place.
     pub fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()> {
-        let code = unsafe { vgg_dist_broadcast(self.group, t.as_mut_ptr().cast(), root as c_int) };
-        self.check("broadcast", code)
+        self.broadcast_within(t, root, self.timeout)
+    }
+
+    /// `broadcast`, waiting for `root` up to `within`.
+    pub fn broadcast_within(&self, t: &mut Tensor, root: usize, within: Duration) -> Result<()> {
+        let ms = within.as_millis() as i64;
+        let code = unsafe { vgg_dist_broadcast(self.group, t.as_mut_ptr().cast(), root as c_int, ms) };
+        self.check("broadcast", code, within)
+    }
+
+    /// How long a collective waits for the others unless told otherwise.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Sets `key` in the rendezvous store, where every later attempt of
@@ -353,7 +374,7 @@ impl ProcessGroup {
     pub fn store_set(&self, key: &str, value: &str) -> Result<()> {
         let (key, value) = (CString::new(key)?, CString::new(value)?);
         let code = unsafe { vgg_dist_store_set(self.group, key.as_ptr(), value.as_ptr()) };
-        self.check("setting a store key", code)
+        self.check("setting a store key", code, self.timeout)
     }
 
     /// `key`'s value in the store (up to 4,095 bytes: a path), None when
@@ -363,7 +384,7 @@ impl ProcessGroup {
         let mut out = vec![0 as c_char; 4096];
         let code = unsafe { vgg_dist_store_get(self.group, key.as_ptr(), out.as_mut_ptr(), out.len() as i64) };
         if code < 0 {
-            self.check("reading a store key", code)?;
+            self.check("reading a store key", code, self.timeout)?;
         }
         Ok((code == 1).then(|| unsafe { CStr::from_ptr(out.as_ptr()) }.to_string_lossy().into_owned()))
     }
@@ -391,7 +412,7 @@ impl ProcessGroup {
     pub fn finish(&self, o: &mut Overlap) -> Result<()> {
         match unsafe { vgg_overlap_finish(o.0) } {
             -2 => bail!("{} (rank {})", last_error(), self.rank),
-            code => self.check("all-reduce", code),
+            code => self.check("all-reduce", code, self.timeout),
         }
     }
 

@@ -18,6 +18,12 @@ const BUCKET_BYTES: i64 = 25 << 20;
 /// resumes the run it names.
 const RUN_KEY: &str = "vggtrain/run";
 
+/// How long the other ranks wait for rank 0's work on its own disk
+/// (opening the run, saving a checkpoint, writing its records), unless
+/// `--dist-timeout` is longer: a slow disk, or a 1 GB checkpoint, is no
+/// lost peer.
+pub const RANK0_DISK: Duration = Duration::from_secs(30 * 60);
+
 /// What rank 0 says at a step boundary; the others only ever say `Go` or
 /// `Stop` (a signal or their face asked).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -44,6 +50,9 @@ pub struct Terms {
     /// (left out).
     pub images: usize,
     pub skipped: usize,
+    /// Rank 0's face asked for a checkpoint: every rank waits for rank 0
+    /// to save it after this boundary (`after_rank0`).
+    pub save: bool,
 }
 
 pub struct DataParallel {
@@ -158,9 +167,10 @@ impl DataParallel {
                 stop,
                 p.images as f64,
                 p.skipped as f64,
+                f64::from(u8::from(p.save)),
             ]
         } else {
-            [0.0, 0.0, 0.0, 0.0, stop, p.images as f64, p.skipped as f64]
+            [0.0, 0.0, 0.0, 0.0, stop, p.images as f64, p.skipped as f64, 0.0]
         };
         let mut t = Tensor::from_slice(&mine);
         self.group.all_reduce_sum(&mut t)?;
@@ -180,12 +190,39 @@ impl DataParallel {
             signal,
             images: v[5] as usize,
             skipped: v[6] as usize,
+            save: v[7] > 0.0,
         })
     }
 
+    /// How long the others wait for rank 0's disk (`RANK0_DISK`).
+    fn disk_bound(&self) -> Duration {
+        RANK0_DISK.max(self.group.timeout())
+    }
+
+    /// The ranks meet after rank 0's work on its own disk (`work`, which
+    /// only rank 0 does: the others wait for it up to `RANK0_DISK`, not
+    /// `--dist-timeout`); when it failed, every rank fails (the others
+    /// saying so, rank 0 with its own error).
+    pub fn after_rank0(&self, work: Result<()>) -> Result<()> {
+        let failed = self.rank() == 0 && work.is_err();
+        let mut t = Tensor::from_slice(&[i64::from(failed)]);
+        let met = self.group.all_reduce_sum_within(&mut t, self.disk_bound());
+        work?;
+        met?;
+        if t.int64_value(&[0]) > 0 {
+            bail!(
+                "rank 0 could not write the run's files (its error is in its log and on its \
+                 standard error); rank {} stops with it",
+                self.rank()
+            );
+        }
+        Ok(())
+    }
+
     /// Every rank learns the run's directory from rank 0 (which gives it:
-    /// `run`), names it in its errors, and rank 0 names it in the store for
-    /// an elastic restart.
+    /// `run`, once it has opened it, however long its disk takes), names it
+    /// in its errors, and rank 0 names it in the store for an elastic
+    /// restart.
     pub fn share_run(&mut self, run: Option<&std::path::Path>) -> Result<std::path::PathBuf> {
         let dir = std::path::PathBuf::from(self.share_text(&run.map(|r| r.to_string_lossy()).unwrap_or_default())?);
         if self.rank() == 0 {
@@ -198,7 +235,7 @@ impl DataParallel {
     /// Every rank's copy of rank 0's `text` (the others' is ignored).
     fn share_text(&self, text: &str) -> Result<String> {
         let mut len = Tensor::from_slice(&[text.len() as i64]);
-        self.group.broadcast(&mut len, 0)?;
+        self.group.broadcast_within(&mut len, 0, self.disk_bound())?;
         let n = len.int64_value(&[0]) as usize;
         let mut bytes = if self.rank() == 0 {
             Tensor::from_slice(text.as_bytes())

@@ -121,6 +121,9 @@ struct Run<'a> {
     dp: Option<DataParallel>,
     /// Steps this process has trained (the first are warm-up).
     stepped: u64,
+    /// Rank 0's face asked for a checkpoint, to save after the next step
+    /// boundary (with the other ranks waiting for it there).
+    save_asked: bool,
 }
 
 impl Worker {
@@ -152,9 +155,10 @@ impl Worker {
             bad: None,
             dp,
             stepped: 0,
+            save_asked: false,
         };
         run.join_ranks(&mut notes)?;
-        run.start(notes)?;
+        run.alone(|r| r.start(notes))?;
         run.train()
     }
 }
@@ -364,6 +368,9 @@ impl Run<'_> {
                 self.set_lr(old, lr, LrCause::Manual);
             }
             Command::SetLr { lr } => self.log(format!("ignored: lr {lr} is not a positive number")),
+            // The other ranks are at the step boundary already: rank 0
+            // saves after it, with them waiting for it (`boundary`).
+            Command::SaveCheckpoint if self.dp.is_some() => self.save_asked = true,
             Command::SaveCheckpoint => self.save(CheckpointReason::Key, false)?,
             Command::Stop { save } => return Ok(Flow::Stop { save }),
         }
@@ -419,7 +426,7 @@ impl Run<'_> {
     /// step when asked, then `finished`.
     fn stop(&mut self, save: bool) -> Result<()> {
         if save {
-            self.save(CheckpointReason::Stop, true)?;
+            self.alone(|r| r.save(CheckpointReason::Stop, true))?;
         }
         self.emit(Event::Finished {
             reason: "stopped by the user".into(),
@@ -485,9 +492,12 @@ impl Run<'_> {
             format!("{} epochs done", self.w.cfg.train.epochs)
         };
         // The run's end leaves a checkpoint to resume (or train longer) from.
-        if self.last_periodic.as_ref().map(|(s, _)| *s) != Some(self.w.state.global_step) {
-            self.save(CheckpointReason::End, true)?;
-        }
+        self.alone(
+            |r| match r.last_periodic.as_ref().map(|(s, _)| *s) == Some(r.w.state.global_step) {
+                true => Ok(()),
+                false => r.save(CheckpointReason::End, true),
+            },
+        )?;
         match self.evaluate(true)? {
             Some(test) => {
                 self.emit(Event::Finished {
@@ -536,7 +546,14 @@ impl Run<'_> {
         s.epoch += 1;
         s.step = 0;
         (s.loss_sum, s.correct, s.seen) = (0.0, 0.0, 0.0);
-        let epoch = s.epoch;
+        self.alone(|r| r.close_epoch(stats, decision, improved))?;
+        Ok(true)
+    }
+
+    /// The end of an epoch on rank 0's disk: its event (and the run's
+    /// records), the schedule's decay, and the checkpoints due.
+    fn close_epoch(&mut self, stats: EpochStats, decision: Decision, improved: bool) -> Result<()> {
+        let epoch = self.w.state.epoch;
         self.emit(Event::Epoch(stats));
         if self.skipped > 0 {
             let first = self.bad.take().unwrap_or_default();
@@ -556,6 +573,6 @@ impl Run<'_> {
         if improved {
             self.save(CheckpointReason::Best, false)?;
         }
-        Ok(true)
+        Ok(())
     }
 }

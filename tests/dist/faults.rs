@@ -3,7 +3,8 @@
 use super::{common, ends_within, metrics, mid_epoch, rank_pids, rank_process, tiny};
 use std::{
     path::PathBuf,
-    process::{Child, Stdio},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
 };
 
 /// Two ranks of a long run, started as a launcher would (the run's
@@ -104,6 +105,69 @@ fn a_hung_rank_ends_the_run_within_the_timeout() {
         err.contains("rank 0 of 2 failed: rank 1 did not answer within 5s (--dist-timeout)"),
         "the error says which rank timed out: {err}"
     );
+}
+
+/// Rank 0's disk takes longer than `--dist-timeout` for every fsync
+/// (strace delays each one, as a slow or busy disk would): while rank 0
+/// opens the run, writes its records and saves its checkpoints (one asked
+/// for by SIGUSR1 mid-epoch among them), rank 1 waits on its own, longer
+/// bound, and the run ends on both as on a fast disk.
+#[test]
+fn a_slow_disk_on_rank_0_is_no_lost_peer() {
+    let strace = Command::new("strace").arg("-V").output().is_ok();
+    if !common::have_data() || !common::require(strace, "strace", "apt-get install strace") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (port, delay) = (super::free_port(), 4);
+    let trace = tmp.path().join("fsync.trace");
+    let args = tiny(tmp.path(), "slow", 16, 2, 256);
+    let mut rank0 = Command::new("strace");
+    rank0
+        .args(["-f", "-qq", "-e", "trace=fsync", "-e"])
+        .arg(format!("inject=fsync:delay_enter={delay}s"))
+        .arg("-o")
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_vggtrain"));
+    for (k, v) in rank_process(0, 2, port).get_envs() {
+        rank0.env(k, v.unwrap());
+    }
+    let timeout = ["--dist-timeout", "3"];
+    let started = Instant::now();
+    let mut rank0 = rank0
+        .args(&args)
+        .args(timeout)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut rank1 = rank_process(1, 2, port)
+        .args(&args)
+        .args(timeout)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = tmp.path().join("slow");
+    common::wait_until("the first checkpoint", 300, || {
+        metrics(&run).iter().any(|e| e["event"] == "checkpoint-saved")
+    });
+    let traced = rank_pids(rank0.id())[0];
+    unsafe { libc::kill(traced, libc::SIGUSR1) };
+    let (code1, err1) = ends_within(&mut rank1, 300, "rank 1");
+    let (code0, err0) = ends_within(&mut rank0, 60, "rank 0");
+    assert_eq!((code0, code1), (0, 0), "rank 0: {err0}\nrank 1: {err1}");
+    let delayed = std::fs::read_to_string(&trace).unwrap().matches("(DELAYED)").count();
+    assert!(delayed >= 6, "{delayed} fsyncs delayed");
+    assert!(started.elapsed() > Duration::from_secs(delayed as u64 * delay));
+    let events = metrics(&run);
+    let reasons: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "checkpoint-saved")
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert!(reasons.contains(&"key"), "the checkpoint asked for: {reasons:?}");
+    assert_eq!(events.last().unwrap()["event"], "finished");
 }
 
 #[test]

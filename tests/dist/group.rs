@@ -2,23 +2,18 @@
 //! give the right values; a missing peer or a bad address is an error
 //! within the timeout, never a hang; the launchers' environments map to a
 //! rendezvous.
+//!
+//! The ranks of a test are processes, as a launcher's are: this test
+//! binary again, running only that test, as one rank (`two_ranks`); each
+//! asserts what it sees, and the test passes when both do.
 use super::free_port;
 use std::{
     collections::HashMap,
-    sync::{Mutex, MutexGuard},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 use tch::Tensor;
 use vggtrain::dist::{DataParallel, ProcessGroup, Rendezvous, Signal, Terms};
-
-/// One test at a time makes process groups in this process: a process
-/// holds one group in use, and the c10d stores and Gloo devices of several,
-/// made and torn down at once (a failing join among them), once crashed
-/// this test binary under CI's load.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static GROUPS: Mutex<()> = Mutex::new(());
-    GROUPS.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn rendezvous(port: u16, rank: usize, world: usize) -> Rendezvous {
     Rendezvous {
@@ -33,48 +28,50 @@ fn rendezvous(port: u16, rank: usize, world: usize) -> Rendezvous {
     }
 }
 
-#[test]
-fn ranks_all_reduce_broadcast_and_meet() {
-    let _one = one_at_a_time();
-    let port = free_port();
+/// Set in a rank's process: its rank, and the store's port.
+const RANK: &str = "VGGTRAIN_TEST_GROUP_RANK";
+const PORT: &str = "VGGTRAIN_TEST_GROUP_PORT";
+
+/// Runs `rank` as each of 2 ranks of a process group whose collectives
+/// time out after `timeout`, each rank in its own process (the calling
+/// test, run again by this binary with `RANK` set); fails with a rank's
+/// output when it fails.
+fn two_processes(timeout: Duration, rank: impl FnOnce(ProcessGroup)) {
+    if let (Ok(r), Ok(port)) = (std::env::var(RANK), std::env::var(PORT)) {
+        let r = rendezvous(port.parse().unwrap(), r.parse().unwrap(), 2);
+        return rank(ProcessGroup::join(&r, timeout).unwrap());
+    }
+    let test = std::thread::current().name().unwrap().to_owned();
+    let port = free_port().to_string();
     let ranks: Vec<_> = (0..2)
-        .map(|rank| {
-            std::thread::spawn(move || {
-                let pg = ProcessGroup::join(&rendezvous(port, rank, 2), Duration::from_secs(30)).unwrap();
-                assert_eq!((pg.rank, pg.world), (rank, 2));
-                let mut sum = Tensor::from_slice(&[1.0f32 + rank as f32, 10.0 * rank as f32]);
-                pg.all_reduce_sum(&mut sum).unwrap();
-                let mut from_0 = Tensor::from_slice(&[rank as i64 + 7; 3]);
-                pg.broadcast(&mut from_0, 0).unwrap();
-                if rank == 0 {
-                    pg.store_set("run", "/runs/a").unwrap();
-                }
-                // A collective: rank 1 leaves it after rank 0 came, key set.
-                pg.all_reduce_sum(&mut Tensor::from_slice(&[0.0f32])).unwrap();
-                let stored = (pg.store_get("run").unwrap(), pg.store_get("unset").unwrap());
-                (
-                    Vec::<f32>::try_from(&sum).unwrap(),
-                    Vec::<i64>::try_from(&from_0).unwrap(),
-                    stored,
-                )
-            })
+        .map(|r| {
+            Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", &test, "--nocapture"])
+                .env(RANK, r.to_string())
+                .env(PORT, &port)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
         })
         .collect();
-    for r in ranks {
-        let (sum, from_0, stored) = r.join().unwrap();
-        assert_eq!(sum, [3.0, 10.0]);
-        assert_eq!(from_0, [7, 7, 7]);
-        assert_eq!(
-            stored,
-            (Some("/runs/a".to_owned()), None),
-            "rank 0's key, for every rank"
+    for (r, child) in ranks.into_iter().enumerate() {
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "rank {r} failed ({}):\n{}",
+            o.status,
+            super::common::text(&o)
         );
     }
 }
 
+/// `two_processes` for a data-parallel group.
+fn two_ranks(timeout: Duration, rank: impl FnOnce(&mut DataParallel)) {
+    two_processes(timeout, |pg| rank(&mut DataParallel::new(pg)));
+}
 #[test]
 fn a_missing_peer_or_a_bad_address_is_an_error_within_the_timeout() {
-    let _one = one_at_a_time();
     let timeout = Duration::from_secs(3);
     // Rank 1 never comes.
     let started = Instant::now();
@@ -206,24 +203,36 @@ fn each_rank_takes_its_own_gpu_where_the_device_is_cuda_or_auto() {
     assert!(rank_device("tpu", 0).is_err());
 }
 
-/// Runs `f` as each of 2 ranks (threads) of a data-parallel group.
-fn two_ranks<T: Send + 'static>(f: fn(&mut DataParallel) -> T) -> Vec<T> {
-    let _one = one_at_a_time();
-    let port = free_port();
-    let ranks: Vec<_> = (0..2)
-        .map(|rank| {
-            std::thread::spawn(move || {
-                let pg = ProcessGroup::join(&rendezvous(port, rank, 2), Duration::from_secs(30)).unwrap();
-                f(&mut DataParallel::new(pg))
-            })
-        })
-        .collect();
-    ranks.into_iter().map(|r| r.join().unwrap()).collect()
+#[test]
+fn ranks_all_reduce_broadcast_and_meet() {
+    two_processes(Duration::from_secs(30), |pg| {
+        let rank = pg.rank;
+        assert_eq!(pg.world, 2);
+        let mut sum = Tensor::from_slice(&[1.0f32 + rank as f32, 10.0 * rank as f32]);
+        pg.all_reduce_sum(&mut sum).unwrap();
+        assert_eq!(Vec::<f32>::try_from(&sum).unwrap(), [3.0, 10.0]);
+        let mut from_0 = Tensor::from_slice(&[rank as i64 + 7; 3]);
+        pg.broadcast(&mut from_0, 0).unwrap();
+        assert_eq!(Vec::<i64>::try_from(&from_0).unwrap(), [7, 7, 7]);
+        if rank == 0 {
+            pg.store_set("run", "/runs/a").unwrap();
+        }
+        // A collective: rank 1 leaves it after rank 0 came, the key set.
+        pg.all_reduce_sum(&mut Tensor::from_slice(&[0.0f32])).unwrap();
+        let stored = (pg.store_get("run").unwrap(), pg.store_get("unset").unwrap());
+        assert_eq!(
+            stored,
+            (Some("/runs/a".to_owned()), None),
+            "rank 0's key, for rank {rank}"
+        );
+        // Rank 0 (the store's server) leaves last.
+        pg.all_reduce_sum(&mut Tensor::from_slice(&[0.0f32])).unwrap();
+    });
 }
 
 #[test]
 fn ranks_start_from_rank_zeros_weights_and_sum_their_gradients() {
-    let out = two_ranks(|dp| {
+    two_ranks(Duration::from_secs(30), |dp| {
         let r = dp.rank() as f32;
         // Weights of each rank's own; rank 0's win.
         let w = Tensor::from_slice(&[r + 1.0, 10.0 * r]).set_requires_grad(true);
@@ -234,28 +243,23 @@ fn ranks_start_from_rank_zeros_weights_and_sum_their_gradients() {
         ((&w * k).sum(tch::Kind::Float) + (&b * k).sum(tch::Kind::Float)).backward();
         let mut stats = Tensor::from_slice(&[r as f64, 1.0]);
         dp.reduce(&[w.shallow_clone(), b.shallow_clone()], &mut stats).unwrap();
-        (
+        let weights = (
             Vec::<f32>::try_from(w.detach()).unwrap(),
             Vec::<f32>::try_from(b.detach()).unwrap(),
+        );
+        assert_eq!(weights, (vec![1.0, 0.0], vec![5.0]), "rank 0's weights");
+        let grads = (
             Vec::<f32>::try_from(w.grad()).unwrap(),
             Vec::<f32>::try_from(b.grad()).unwrap(),
-            Vec::<f64>::try_from(&stats).unwrap(),
-        )
-    });
-    for (w, b, gw, gb, stats) in out {
-        assert_eq!((w, b), (vec![1.0, 0.0], vec![5.0]), "rank 0's weights");
-        assert_eq!(
-            (gw, gb),
-            (vec![3.0, 3.0], vec![3.0]),
-            "1 + 2: the ranks' gradients summed"
         );
-        assert_eq!(stats, [1.0, 2.0]);
-    }
+        assert_eq!(grads, (vec![3.0, 3.0], vec![3.0]), "1 + 2: the ranks' gradients summed");
+        assert_eq!(Vec::<f64>::try_from(&stats).unwrap(), [1.0, 2.0]);
+    });
 }
 
 #[test]
 fn ranks_agree_on_rank_zeros_schedule_and_any_ranks_stop() {
-    let out = two_ranks(|dp| {
+    two_ranks(Duration::from_secs(30), |dp| {
         let lead = dp.rank() == 0;
         let propose = |signal, images| Terms {
             lr: if lead { 0.01 } else { 0.5 },
@@ -264,48 +268,73 @@ fn ranks_agree_on_rank_zeros_schedule_and_any_ranks_stop() {
             signal,
             images,
             skipped: 1,
+            save: lead,
         };
         let go = dp.agree(&propose(Signal::Go, 4)).unwrap();
-        let paused = dp
-            .agree(&propose(if lead { Signal::Paused } else { Signal::Go }, 0))
-            .unwrap();
-        // Rank 1 asks to stop (a signal) while rank 0 is paused.
-        let stop = dp
-            .agree(&propose(
-                if lead {
-                    Signal::Paused
-                } else {
-                    Signal::Stop { save: false }
-                },
-                0,
-            ))
-            .unwrap();
-        let shares = (dp.share(&[0, 1, 2, 3, 4]), dp.shard(5));
-        // Ranks that resumed from other checkpoints are refused.
-        let same = dp.check_same_start([100, 7]).is_ok();
-        let differ = dp
-            .check_same_start([100 + dp.rank() as i64, 7])
-            .err()
-            .map(|e| format!("{e:#}"));
-        (go, paused, stop, shares, same, differ)
-    });
-    for (rank, (go, paused, stop, shares, same, differ)) in out.into_iter().enumerate() {
         assert_eq!(
             (go.lr, go.decays_used, go.since_best),
             (0.01, 1, 2),
             "rank 0's schedule"
         );
         assert_eq!((go.signal, go.images, go.skipped), (Signal::Go, 8, 2));
+        assert!(go.save, "rank 0's checkpoint asked for, on every rank");
+        let paused = dp
+            .agree(&propose(if lead { Signal::Paused } else { Signal::Go }, 0))
+            .unwrap();
         assert_eq!(paused.signal, Signal::Paused);
+        // Rank 1 asks to stop (a signal) while rank 0 is paused.
+        let stop = if lead {
+            Signal::Paused
+        } else {
+            Signal::Stop { save: false }
+        };
+        let stop = dp.agree(&propose(stop, 0)).unwrap();
         assert_eq!(stop.signal, Signal::Stop { save: true }, "a signal's stop saves");
-        let want = if rank == 0 {
+        let want = if lead {
             (vec![0, 1], vec![0, 2, 4])
         } else {
             (vec![2, 3, 4], vec![1, 3])
         };
-        assert_eq!(shares, want, "rank {rank}'s part of a batch, and of a split");
-        assert!(same);
-        let differ = differ.expect("a different start is an error on every rank");
+        let shares = (dp.share(&[0, 1, 2, 3, 4]), dp.shard(5));
+        assert_eq!(shares, want, "this rank's part of a batch, and of a split");
+        // Ranks that resumed from other checkpoints are refused.
+        dp.check_same_start([100, 7]).unwrap();
+        let differ = dp.check_same_start([100 + dp.rank() as i64, 7]);
+        let differ = format!("{:#}", differ.expect_err("a different start is an error on every rank"));
         assert!(differ.contains("start from another place than rank 0"), "{differ}");
-    }
+    });
+}
+
+#[test]
+fn ranks_wait_for_rank_zeros_disk_beyond_the_timeout_and_fail_with_it() {
+    two_ranks(Duration::from_secs(2), |dp| {
+        let lead = dp.rank() == 0;
+        // Rank 0 saves for longer than the collectives' timeout.
+        if lead {
+            std::thread::sleep(Duration::from_secs(4));
+        }
+        dp.after_rank0(Ok(())).expect("no timeout while rank 0 saves");
+        let failed = dp.after_rank0(match lead {
+            true => Err(anyhow::anyhow!("cannot write ckpt-7: no space left")),
+            false => Ok(()),
+        });
+        let failed = format!("{:#}", failed.expect_err("rank 0's failure is every rank's"));
+        let want = if lead {
+            "no space left"
+        } else {
+            "rank 0 could not write the run's files"
+        };
+        assert!(failed.contains(want), "{failed}");
+        // Then a step's collective is bounded by the timeout again.
+        if lead {
+            let step = dp.sum(&mut Tensor::from_slice(&[1.0f32]));
+            let step = format!("{:#}", step.expect_err("a step's wait is --dist-timeout"));
+            assert!(
+                step.contains("rank 1 did not answer within 2s (--dist-timeout)"),
+                "{step}"
+            );
+        } else {
+            std::thread::sleep(Duration::from_secs(4));
+        }
+    });
 }

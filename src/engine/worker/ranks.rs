@@ -3,7 +3,7 @@
 //! (see `crate::dist::DataParallel::agree`). Without ranks, a boundary is
 //! the face's commands alone.
 use super::{Boundary, Flow, Run, HEARTBEAT};
-use crate::control::{Event, LrCause};
+use crate::control::{CheckpointReason, Event, LrCause};
 use crate::dist::{DataParallel, Signal, Terms};
 use crate::engine::batches::Batch;
 use anyhow::Result;
@@ -43,6 +43,18 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Rank 0's work on its own disk (saving, writing the run's records),
+    /// which every rank calls at the same point: the others wait for it on
+    /// their own, longer bound (`DataParallel::after_rank0`), not
+    /// `--dist-timeout`. Alone, just the work.
+    pub(super) fn alone(&mut self, work: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
+        let done = work(self);
+        match &self.dp {
+            Some(dp) => dp.after_rank0(done),
+            None => done,
+        }
+    }
+
     /// Before an evaluation every rank takes rank 0's buffers (batch-norm
     /// statistics, which each rank updated on its own images), the ones
     /// its checkpoints hold.
@@ -60,9 +72,10 @@ impl Run<'_> {
     }
 
     /// The step boundary after `poll`: alone, its flow; with other ranks,
-    /// what they agree on (rank 0's schedule and pause, a stop from any
-    /// rank, the whole batch's images and those left out). `batch`: this
-    /// rank's, if it has one; `waiting`: rank 0 is paused.
+    /// what they agree on (rank 0's schedule, pause and checkpoint asked
+    /// for, which is saved here; a stop from any rank; the whole batch's
+    /// images and those left out). `batch`: this rank's, if it has one;
+    /// `waiting`: rank 0 is paused.
     pub(super) fn boundary(&mut self, flow: Flow, waiting: bool, batch: Option<&Batch>) -> Result<Boundary> {
         let (images, skipped) = batch.map_or((0, 0), |b| (b.len(), b.skipped));
         let Some(dp) = &self.dp else {
@@ -84,9 +97,14 @@ impl Run<'_> {
             signal,
             images,
             skipped,
+            save: std::mem::take(&mut self.save_asked),
         })?;
         if !self.leader() {
             self.follow(&agreed);
+        }
+        // A stop that saves makes the checkpoint asked for.
+        if agreed.save && agreed.signal != (Signal::Stop { save: true }) {
+            self.alone(|r| r.save(CheckpointReason::Key, false))?;
         }
         Ok(match agreed.signal {
             Signal::Stop { save } => Boundary::Stop { save },
