@@ -132,22 +132,15 @@ fn a_slow_disk_on_rank_0_is_no_lost_peer() {
     for (k, v) in rank_process(0, 2, port).get_envs() {
         rank0.env(k, v.unwrap());
     }
-    let timeout = ["--dist-timeout", "3"];
     let started = Instant::now();
-    let mut rank0 = rank0
-        .args(&args)
-        .args(timeout)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut rank1 = rank_process(1, 2, port)
-        .args(&args)
-        .args(timeout)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let [mut rank0, mut rank1] = [rank0, rank_process(1, 2, port)].map(|mut c| {
+        c.args(&args)
+            .args(["--dist-timeout", "3"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    });
     let run = tmp.path().join("slow");
     common::wait_until("the first checkpoint", 300, || {
         metrics(&run).iter().any(|e| e["event"] == "checkpoint-saved")
