@@ -107,6 +107,35 @@ fn a_hung_rank_ends_the_run_within_the_timeout() {
     );
 }
 
+/// Two ranks of a run on `args`, rank 0 under strace with its fsyncs
+/// changed by `inject` (strace's `-e inject=fsync:...`) and written to
+/// `trace`; None without strace or the data (see `common::require`).
+fn ranks_with_rank0s_disk(inject: &str, trace: &std::path::Path, args: &[String]) -> Option<[Child; 2]> {
+    let strace = Command::new("strace").arg("-V").output().is_ok();
+    if !common::have_data() || !common::require(strace, "strace", "apt-get install strace") {
+        return None;
+    }
+    let port = super::free_port();
+    let mut rank0 = Command::new("strace");
+    rank0
+        .args(["-f", "-qq", "-e", "trace=fsync", "-e"])
+        .arg(format!("inject=fsync:{inject}"))
+        .arg("-o")
+        .arg(trace)
+        .arg(env!("CARGO_BIN_EXE_vggtrain"));
+    for (k, v) in rank_process(0, 2, port).get_envs() {
+        rank0.env(k, v.unwrap());
+    }
+    Some([rank0, rank_process(1, 2, port)].map(|mut c| {
+        c.args(args)
+            .args(["--dist-timeout", "3"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }))
+}
+
 /// Rank 0's disk takes longer than `--dist-timeout` for every fsync
 /// (strace delays each one, as a slow or busy disk would): while rank 0
 /// opens the run, writes its records and saves its checkpoints (one asked
@@ -114,33 +143,14 @@ fn a_hung_rank_ends_the_run_within_the_timeout() {
 /// bound, and the run ends on both as on a fast disk.
 #[test]
 fn a_slow_disk_on_rank_0_is_no_lost_peer() {
-    let strace = Command::new("strace").arg("-V").output().is_ok();
-    if !common::have_data() || !common::require(strace, "strace", "apt-get install strace") {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
-    let (port, delay) = (super::free_port(), 4);
+    let delay = 4;
     let trace = tmp.path().join("fsync.trace");
     let args = tiny(tmp.path(), "slow", 16, 2, 256);
-    let mut rank0 = Command::new("strace");
-    rank0
-        .args(["-f", "-qq", "-e", "trace=fsync", "-e"])
-        .arg(format!("inject=fsync:delay_enter={delay}s"))
-        .arg("-o")
-        .arg(&trace)
-        .arg(env!("CARGO_BIN_EXE_vggtrain"));
-    for (k, v) in rank_process(0, 2, port).get_envs() {
-        rank0.env(k, v.unwrap());
-    }
     let started = Instant::now();
-    let [mut rank0, mut rank1] = [rank0, rank_process(1, 2, port)].map(|mut c| {
-        c.args(&args)
-            .args(["--dist-timeout", "3"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    });
+    let Some([mut rank0, mut rank1]) = ranks_with_rank0s_disk(&format!("delay_enter={delay}s"), &trace, &args) else {
+        return;
+    };
     let run = tmp.path().join("slow");
     common::wait_until("the first checkpoint", 300, || {
         metrics(&run).iter().any(|e| e["event"] == "checkpoint-saved")
@@ -161,6 +171,29 @@ fn a_slow_disk_on_rank_0_is_no_lost_peer() {
         .collect();
     assert!(reasons.contains(&"key"), "the checkpoint asked for: {reasons:?}");
     assert_eq!(events.last().unwrap()["event"], "finished");
+}
+
+/// Rank 0's disk is full (every fsync fails with ENOSPC): its epoch
+/// checkpoints fail with a warning, the run's last one, which must be
+/// written, fails the run, and rank 1 stops with it, saying why.
+#[test]
+fn a_full_disk_on_rank_0_stops_every_rank_at_a_save_that_must_be_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = tmp.path().join("fsync.trace");
+    let mut args = tiny(tmp.path(), "full", 16, 1, 64);
+    args.extend(["--set".into(), "run.checkpoint-every=0".into()]);
+    let Some([mut rank0, mut rank1]) = ranks_with_rank0s_disk("error=ENOSPC", &trace, &args) else {
+        return;
+    };
+    let (code1, err1) = ends_within(&mut rank1, 120, "rank 1");
+    let (code0, err0) = ends_within(&mut rank0, 60, "rank 0");
+    assert_ne!(code0, 0, "{err0}");
+    assert!(
+        err0.contains("No space left on device"),
+        "rank 0 says what failed: {err0}"
+    );
+    assert_ne!(code1, 0, "{err1}");
+    assert!(err1.contains("rank 0 could not write the run's files"), "{err1}");
 }
 
 #[test]
