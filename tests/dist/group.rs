@@ -57,11 +57,11 @@ fn two_processes(timeout: Duration, rank: impl FnOnce(ProcessGroup)) {
         .collect();
     for (r, child) in ranks.into_iter().enumerate() {
         let o = child.wait_with_output().unwrap();
+        let out = super::common::text(&o);
+        assert!(o.status.success(), "rank {r} failed ({}):\n{out}", o.status);
         assert!(
-            o.status.success(),
-            "rank {r} failed ({}):\n{}",
-            o.status,
-            super::common::text(&o)
+            out.contains("test result: ok. 1 passed"),
+            "rank {r} ran no test:\n{out}"
         );
     }
 }
