@@ -107,9 +107,9 @@ fn a_hung_rank_ends_the_run_within_the_timeout() {
     );
 }
 
-/// Two ranks of a run on `args`, rank 0 under strace with its fsyncs
-/// changed by `inject` (strace's `-e inject=fsync:...`) and written to
-/// `trace`; None without strace or the data (see `common::require`).
+/// Two ranks of a run on `args` with `--dist-timeout 5`, rank 0 under strace
+/// with its fsyncs changed by `inject` (strace's `-e inject=fsync:...`) and
+/// written to `trace`; None without strace or the data (see `common::require`).
 fn ranks_with_rank0s_disk(inject: &str, trace: &std::path::Path, args: &[String]) -> Option<[Child; 2]> {
     let strace = Command::new("strace").arg("-V").output().is_ok();
     if !common::have_data() || !common::require(strace, "strace", "apt-get install strace") {
@@ -128,7 +128,7 @@ fn ranks_with_rank0s_disk(inject: &str, trace: &std::path::Path, args: &[String]
     }
     Some([rank0, rank_process(1, 2, port)].map(|mut c| {
         c.args(args)
-            .args(["--dist-timeout", "3"])
+            .args(["--dist-timeout", "5"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -144,7 +144,7 @@ fn ranks_with_rank0s_disk(inject: &str, trace: &std::path::Path, args: &[String]
 #[test]
 fn a_slow_disk_on_rank_0_is_no_lost_peer() {
     let tmp = tempfile::tempdir().unwrap();
-    let delay = 4;
+    let delay = 6;
     let trace = tmp.path().join("fsync.trace");
     let args = tiny(tmp.path(), "slow", 16, 2, 256);
     let started = Instant::now();
