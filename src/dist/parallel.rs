@@ -22,7 +22,7 @@ const RUN_KEY: &str = "vggtrain/run";
 /// (opening the run, saving a checkpoint, writing its records), unless
 /// `--dist-timeout` is longer: a slow disk, or a 1 GB checkpoint, is no
 /// lost peer.
-pub const RANK0_DISK: Duration = Duration::from_secs(30 * 60);
+const RANK0_DISK: Duration = Duration::from_secs(30 * 60);
 
 /// What rank 0 says at a step boundary; the others only ever say `Go` or
 /// `Stop` (a signal or their face asked).

@@ -158,7 +158,7 @@ impl Worker {
             save_asked: false,
         };
         run.join_ranks(&mut notes)?;
-        run.alone(|r| r.start(notes))?;
+        run.rank0_alone(|r| r.start(notes))?;
         run.train()
     }
 }
@@ -426,7 +426,7 @@ impl Run<'_> {
     /// step when asked, then `finished`.
     fn stop(&mut self, save: bool) -> Result<()> {
         if save {
-            self.alone(|r| r.save(CheckpointReason::Stop, true))?;
+            self.rank0_alone(|r| r.save(CheckpointReason::Stop, true))?;
         }
         self.emit(Event::Finished {
             reason: "stopped by the user".into(),
@@ -492,12 +492,12 @@ impl Run<'_> {
             format!("{} epochs done", self.w.cfg.train.epochs)
         };
         // The run's end leaves a checkpoint to resume (or train longer) from.
-        self.alone(
-            |r| match r.last_periodic.as_ref().map(|(s, _)| *s) == Some(r.w.state.global_step) {
-                true => Ok(()),
-                false => r.save(CheckpointReason::End, true),
-            },
-        )?;
+        self.rank0_alone(|r| {
+            if r.last_periodic.as_ref().map(|(s, _)| *s) == Some(r.w.state.global_step) {
+                return Ok(());
+            }
+            r.save(CheckpointReason::End, true)
+        })?;
         match self.evaluate(true)? {
             Some(test) => {
                 self.emit(Event::Finished {
@@ -546,7 +546,7 @@ impl Run<'_> {
         s.epoch += 1;
         s.step = 0;
         (s.loss_sum, s.correct, s.seen) = (0.0, 0.0, 0.0);
-        self.alone(|r| r.close_epoch(stats, decision, improved))?;
+        self.rank0_alone(|r| r.close_epoch(stats, decision, improved))?;
         Ok(true)
     }
 

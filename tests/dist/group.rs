@@ -4,7 +4,7 @@
 //! rendezvous.
 //!
 //! The ranks of a test are processes, as a launcher's are: this test
-//! binary again, running only that test, as one rank (`two_ranks`); each
+//! binary again, running only that test, as one rank (`two_processes`); each
 //! asserts what it sees, and the test passes when both do.
 use super::free_port;
 use std::{
@@ -207,7 +207,7 @@ fn each_rank_takes_its_own_gpu_where_the_device_is_cuda_or_auto() {
 fn ranks_all_reduce_broadcast_and_meet() {
     two_processes(Duration::from_secs(30), |pg| {
         let rank = pg.rank;
-        assert_eq!(pg.world, 2);
+        assert_eq!((rank.to_string(), pg.world), (std::env::var(RANK).unwrap(), 2));
         let mut sum = Tensor::from_slice(&[1.0f32 + rank as f32, 10.0 * rank as f32]);
         pg.all_reduce_sum(&mut sum).unwrap();
         assert_eq!(Vec::<f32>::try_from(&sum).unwrap(), [3.0, 10.0]);

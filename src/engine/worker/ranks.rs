@@ -46,8 +46,8 @@ impl Run<'_> {
     /// Rank 0's work on its own disk (saving, writing the run's records),
     /// which every rank calls at the same point: the others wait for it on
     /// their own, longer bound (`DataParallel::after_rank0`), not
-    /// `--dist-timeout`. Alone, just the work.
-    pub(super) fn alone(&mut self, work: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
+    /// `--dist-timeout`. In a single process, just the work.
+    pub(super) fn rank0_alone(&mut self, work: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
         let done = work(self);
         match &self.dp {
             Some(dp) => dp.after_rank0(done),
@@ -104,7 +104,7 @@ impl Run<'_> {
         }
         // A stop that saves makes the checkpoint asked for.
         if agreed.save && agreed.signal != (Signal::Stop { save: true }) {
-            self.alone(|r| r.save(CheckpointReason::Key, false))?;
+            self.rank0_alone(|r| r.save(CheckpointReason::Key, false))?;
         }
         Ok(match agreed.signal {
             Signal::Stop { save } => Boundary::Stop { save },
