@@ -34,6 +34,22 @@ struct Group {
   c10d::Backend& for_tensor(const at::Tensor& t) {
     return t.is_cuda() && nccl ? *nccl : *gloo;
   }
+
+  // Starts `op` on `t`'s backend. Gloo's are started one at a time in the
+  // process: PyTorch 2.11's flight recorder, one per process, updates a map
+  // outside its lock as a group starts its first collective
+  // (pytorch/pytorch#179449), and two groups of one process starting at
+  // once corrupted it (SIGSEGV). Starting is queueing; the wait is outside
+  // the lock. NCCL's are not behind it: the first one waits for every rank
+  // (its communicator is made then), and vggtrain has one group a process.
+  template <typename Op>
+  c10::intrusive_ptr<c10d::Work> start(const at::Tensor& t, Op op) {
+    auto& backend = for_tensor(t);
+    if (&backend != gloo.get()) return op(backend);
+    static std::mutex one_at_a_time;
+    std::lock_guard<std::mutex> lock(one_at_a_time);
+    return op(backend);
+  }
 };
 }  // namespace
 
@@ -126,7 +142,7 @@ int vgg_dist_all_reduce_sum(void* group, void* tensor, int64_t timeout_ms) {
     std::vector<at::Tensor> ts{*static_cast<at::Tensor*>(tensor)};
     c10d::AllreduceOptions o;
     o.timeout = std::chrono::milliseconds(timeout_ms);
-    static_cast<Group*>(group)->for_tensor(ts[0]).allreduce(ts, o)->wait();
+    static_cast<Group*>(group)->start(ts[0], [&](auto& b) { return b.allreduce(ts, o); })->wait();
   });
 }
 
@@ -136,7 +152,7 @@ int vgg_dist_broadcast(void* group, void* tensor, int root, int64_t timeout_ms) 
     c10d::BroadcastOptions o;
     o.rootRank = root;
     o.timeout = std::chrono::milliseconds(timeout_ms);
-    static_cast<Group*>(group)->for_tensor(ts[0]).broadcast(ts, o)->wait();
+    static_cast<Group*>(group)->start(ts[0], [&](auto& b) { return b.broadcast(ts, o); })->wait();
   });
 }
 
@@ -185,7 +201,7 @@ struct Overlap {
       b.pending -= 1;
       while (next < buckets.size() && buckets[next].pending == 0) {
         std::vector<at::Tensor> ts{buckets[next].flat};
-        buckets[next].work = group->for_tensor(ts[0]).allreduce(ts);
+        buckets[next].work = group->start(ts[0], [&](auto& b) { return b.allreduce(ts); });
         next += 1;
       }
     });

@@ -133,7 +133,7 @@ impl DataParallel {
                     // Filled in the order backward finishes the gradients.
                     let reversed: Vec<Tensor> = params.iter().rev().map(Tensor::shallow_clone).collect();
                     let total: i64 = params.iter().map(bytes).sum();
-                    let cap = (total / 16).clamp(1 << 18, BUCKET_BYTES);
+                    let cap = (total / 8).clamp(1 << 18, BUCKET_BYTES);
                     self.overlap = Some(self.group.overlap(&buckets(&reversed, cap))?);
                 }
             }
@@ -294,10 +294,11 @@ fn bytes(t: &Tensor) -> i64 {
 }
 
 /// Consecutive tensors of at most `cap` bytes (one alone may pass it). The
-/// sums after backward use `BUCKET_BYTES`; the overlapped ones a sixteenth
+/// sums after backward use `BUCKET_BYTES`; the overlapped ones an eighth
 /// of the gradients, between 256 KB and `BUCKET_BYTES` (full VGG16's 528 MB
 /// in 25 MB buckets, as DDP's; a small network still gets several, or its
-/// one bucket would wait for the whole backward pass).
+/// one bucket would wait for the whole backward pass; a sixteenth was 4%
+/// slower over 1 Gbit/s, each sum's own cost: BENCHMARKS.md).
 fn buckets(tensors: &[Tensor], cap: i64) -> Vec<&[Tensor]> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);

@@ -10,6 +10,7 @@ use super::free_port;
 use std::{
     collections::HashMap,
     process::{Command, Stdio},
+    sync::{Arc, Barrier},
     time::{Duration, Instant},
 };
 use tch::Tensor;
@@ -201,6 +202,58 @@ fn each_rank_takes_its_own_gpu_where_the_device_is_cuda_or_auto() {
     let auto = if tch::Cuda::is_available() { "cuda:1" } else { "auto" };
     assert_eq!(rank_device("auto", 1).unwrap(), auto);
     assert!(rank_device("tpu", 0).is_err());
+}
+
+/// Several process groups of one process start their first collectives at
+/// once, round after round: PyTorch 2.11's flight recorder (one per
+/// process) raced on them and crashed the process with SIGSEGV within a
+/// few rounds, until the shim started Gloo's collectives one at a time. The
+/// groups live in a process of their own (this test, run again by this
+/// binary), so that a crash fails this test and no other.
+#[test]
+fn groups_of_one_process_start_their_collectives_at_once() {
+    const ALONE: &str = "VGGTRAIN_TEST_GROUPS_AT_ONCE";
+    const PAIRS: usize = 8;
+    const ROUNDS: usize = 60;
+    if std::env::var_os(ALONE).is_none() {
+        let test = std::thread::current().name().unwrap().to_owned();
+        let o = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", &test, "--nocapture"])
+            .env(ALONE, "1")
+            .output()
+            .unwrap();
+        let out = super::common::text(&o);
+        assert!(o.status.success(), "the groups' process failed ({}):\n{out}", o.status);
+        assert!(out.contains("test result: ok. 1 passed"), "it ran no test:\n{out}");
+        return;
+    }
+    for round in 0..ROUNDS {
+        // Distinct ports: each is held until all are chosen.
+        let held: Vec<_> = (0..PAIRS)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports: Vec<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        drop(held);
+        let at_once = Arc::new(Barrier::new(2 * PAIRS));
+        let ranks: Vec<_> = ports
+            .iter()
+            .flat_map(|&port| [(port, 0), (port, 1)])
+            .map(|(port, rank)| {
+                let at_once = Arc::clone(&at_once);
+                std::thread::spawn(move || {
+                    let pg = ProcessGroup::join(&rendezvous(port, rank, 2), Duration::from_secs(60));
+                    at_once.wait();
+                    let pg = pg.unwrap();
+                    let mut sum = Tensor::from_slice(&[1.0f32 + rank as f32; 4]);
+                    pg.all_reduce_sum(&mut sum).unwrap();
+                    assert_eq!(Vec::<f32>::try_from(&sum).unwrap(), [3.0; 4], "round {round}");
+                })
+            })
+            .collect();
+        for r in ranks {
+            r.join().unwrap();
+        }
+    }
 }
 
 #[test]
