@@ -6,10 +6,10 @@
 //! The ranks of a test are processes, as a launcher's are: this test
 //! binary again, running only that test, as one rank (`two_processes`); each
 //! asserts what it sees, and the test passes when both do.
-use super::free_port;
+use super::{free_port, free_ports};
 use std::{
     collections::HashMap,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::{Arc, Barrier},
     time::{Duration, Instant},
 };
@@ -42,29 +42,34 @@ fn two_processes(timeout: Duration, rank: impl FnOnce(ProcessGroup)) {
         let r = rendezvous(port.parse().unwrap(), r.parse().unwrap(), 2);
         return rank(ProcessGroup::join(&r, timeout).unwrap());
     }
-    let test = std::thread::current().name().unwrap().to_owned();
     let port = free_port().to_string();
     let ranks: Vec<_> = (0..2)
-        .map(|r| {
-            Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", &test, "--nocapture"])
-                .env(RANK, r.to_string())
-                .env(PORT, &port)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|r| this_test_again(&[(RANK, &r.to_string()), (PORT, &port)]))
         .collect();
     for (r, child) in ranks.into_iter().enumerate() {
-        let o = child.wait_with_output().unwrap();
-        let out = super::common::text(&o);
-        assert!(o.status.success(), "rank {r} failed ({}):\n{out}", o.status);
-        assert!(
-            out.contains("test result: ok. 1 passed"),
-            "rank {r} ran no test:\n{out}"
-        );
+        passes(&format!("rank {r}"), child);
     }
+}
+
+/// The calling test, run again by this binary in a process of its own,
+/// with `vars` set.
+fn this_test_again(vars: &[(&str, &str)]) -> Child {
+    let test = std::thread::current().name().unwrap().to_owned();
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", &test, "--nocapture"])
+        .envs(vars.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Fails with `who`'s output unless its one test passed.
+fn passes(who: &str, child: Child) {
+    let o = child.wait_with_output().unwrap();
+    let out = super::common::text(&o);
+    assert!(o.status.success(), "{who} failed ({}):\n{out}", o.status);
+    assert!(out.contains("test result: ok. 1 passed"), "{who} ran no test:\n{out}");
 }
 
 /// `two_processes` for a data-parallel group.
@@ -216,28 +221,13 @@ fn groups_of_one_process_start_their_collectives_at_once() {
     const PAIRS: usize = 8;
     const ROUNDS: usize = 60;
     if std::env::var_os(ALONE).is_none() {
-        let test = std::thread::current().name().unwrap().to_owned();
-        let o = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", &test, "--nocapture"])
-            .env(ALONE, "1")
-            .output()
-            .unwrap();
-        let out = super::common::text(&o);
-        assert!(o.status.success(), "the groups' process failed ({}):\n{out}", o.status);
-        assert!(out.contains("test result: ok. 1 passed"), "it ran no test:\n{out}");
-        return;
+        return passes("the groups' process", this_test_again(&[(ALONE, "1")]));
     }
     for round in 0..ROUNDS {
-        // Distinct ports: each is held until all are chosen.
-        let held: Vec<_> = (0..PAIRS)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let ports: Vec<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
-        drop(held);
         let at_once = Arc::new(Barrier::new(2 * PAIRS));
-        let ranks: Vec<_> = ports
-            .iter()
-            .flat_map(|&port| [(port, 0), (port, 1)])
+        let ranks: Vec<_> = free_ports(PAIRS)
+            .into_iter()
+            .flat_map(|port| [(port, 0), (port, 1)])
             .map(|(port, rank)| {
                 let at_once = Arc::clone(&at_once);
                 std::thread::spawn(move || {
